@@ -1,0 +1,23 @@
+"""mali-func: Neural ODEs with MALI, the memory-efficient, reverse-accurate ALF integrator.
+
+Zhuang, Dvornek, Tatikonda and Duncan, "MALI: A memory efficient and reverse accurate integrator
+for Neural ODEs", ICLR 2021. The asynchronous leapfrog (ALF) step is algebraically invertible, so
+the backward pass rebuilds the forward trajectory in reverse time instead of storing it: memory is
+constant in the number of steps and the gradient is that of the discrete forward solve.
+"""
+
+from ._drift import DriftMonitor, ReconstructionWarning
+from ._engine import Chain, ReversibleChain
+from ._odeint import odeint
+from .solvers import ALF, ReversibleScheme
+
+__all__ = [
+    "ALF",
+    "Chain",
+    "DriftMonitor",
+    "ReconstructionWarning",
+    "ReversibleChain",
+    "ReversibleScheme",
+    "odeint",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""Validation of :func:`mali_func.odeint`'s arguments, with errors that name the argument.
+
+Checks that need a tensor's value (finiteness, monotonic times, step counts from ``step_size``)
+read it on the host once per call, and only for ordinary eager tensors: under ``torch.compile`` or
+a :mod:`torch.func` transform the value is not available, and those checks are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+GRADIENTS = ("mali", "backprop")
+
+
+def is_concrete(x: Tensor) -> bool:
+    """True for an ordinary eager tensor whose value may be read on the host."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)
+
+
+def check_y0(y0: Any) -> tuple[tuple[Tensor, ...], bool]:
+    """Return ``y0`` as a tuple of tensors and whether it was given as a tuple."""
+    if isinstance(y0, Tensor):
+        parts, is_tuple = (y0,), False
+    elif isinstance(y0, (tuple, list)) and y0 and all(isinstance(y, Tensor) for y in y0):
+        parts, is_tuple = tuple(y0), True
+    else:
+        raise TypeError(
+            "y0 must be a floating-point tensor or a non-empty tuple of them, got "
+            f"{type(y0).__name__}"
+        )
+    for i, y in enumerate(parts):
+        name = f"y0[{i}]" if is_tuple else "y0"
+        if not y.is_floating_point():
+            raise TypeError(f"{name} must have a floating-point dtype, got {y.dtype}")
+        if y.dtype != parts[0].dtype:
+            raise TypeError(f"all of y0 must share one dtype, got {parts[0].dtype} and {y.dtype}")
+        if y.device != parts[0].device:
+            raise ValueError(
+                f"all of y0 must be on one device, got {parts[0].device} and {y.device}"
+            )
+        if is_concrete(y) and not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{name} must be finite, got a NaN or infinite entry")
+    return parts, is_tuple
+
+
+def check_t(t: Any, like: Tensor) -> Tensor:
+    """``t`` as a 1-D tensor on ``like``'s dtype and device, strictly monotonic."""
+    if isinstance(t, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in t
+    ):
+        t = torch.tensor(t, dtype=like.dtype, device=like.device)
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"t must have the dtype of y0 ({like.dtype}), got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"t must be on the device of y0 ({like.device}), got {t.device}")
+    if t.ndim != 1:
+        raise ValueError(f"t must be 1-D, got shape {tuple(t.shape)}")
+    if t.shape[0] < 2:
+        raise ValueError(f"t must hold at least 2 times, got {t.shape[0]}")
+    if is_concrete(t):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("t must be finite, got a NaN or infinite entry")
+        dt = t[1:] - t[:-1]
+        if not (bool((dt > 0).all()) or bool((dt < 0).all())):
+            raise ValueError("t must be strictly increasing or strictly decreasing")
+    return t
+
+
+def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...]:
+    """Number of steps in each interval of ``t``."""
+    if (n_steps is None) == (step_size is None):
+        if n_steps is None:
+            raise ValueError(
+                "give n_steps (steps per interval of t) or step_size; adaptive step-size "
+                "control is not available yet"
+            )
+        raise ValueError("give either n_steps or step_size, not both")
+    intervals = t.shape[0] - 1
+    if n_steps is not None:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int):
+            raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__}")
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        return (n_steps,) * intervals
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
+        raise TypeError(f"step_size must be a real number, got {type(step_size).__name__}")
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be positive and finite, got {step_size}")
+    if not is_concrete(t):
+        raise ValueError(
+            "step_size needs the values of t, which are not available under torch.compile or a "
+            "torch.func transform; pass n_steps instead"
+        )
+    spans: Sequence[float] = (t[1:] - t[:-1]).abs().tolist()
+    # The tiny relative slack keeps ceil(1.0 / 0.1) at 10 despite round-off.
+    return tuple(max(1, math.ceil(span / step_size * (1 - 1e-12))) for span in spans)
+
+
+def check_options(gradient: Any, reconstruction_tol: Any, monitor: Any, monitor_type: type) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    if reconstruction_tol is not None:
+        if isinstance(reconstruction_tol, bool) or not isinstance(reconstruction_tol, (int, float)):
+            raise TypeError(
+                "reconstruction_tol must be a positive number or None, got "
+                f"{type(reconstruction_tol).__name__}"
+            )
+        if not reconstruction_tol > 0:
+            raise ValueError(f"reconstruction_tol must be positive, got {reconstruction_tol}")
+    if monitor is not None and not isinstance(monitor, monitor_type):
+        raise TypeError(f"monitor must be a DriftMonitor or None, got {type(monitor).__name__}")

@@ -1,0 +1,122 @@
+"""Turning a user's ``func(t, y, *args)`` into a pure field ``field(t, y, params)``.
+
+The gradient engine is a :class:`torch.autograd.Function`, which sees only the tensors passed to it:
+it cannot look into closures or module attributes. So every tensor the vector field reads and may
+need a gradient for must enter as an explicit input:
+
+* an :class:`torch.nn.Module` contributes its floating-point parameters and buffers, read at call
+  time, so tensors substituted by :func:`torch.func.functional_call` are the ones passed on; the
+  field then calls the module through ``functional_call`` with the tensors it is given;
+* a plain callable receives ``args`` as extra positional arguments, and is checked once per solve
+  for tensors it captures that require grad, which would otherwise silently get no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .solvers import Field, Params, State
+
+
+def _as_state(out: Any, *, tuple_state: bool, n: int) -> State:
+    if tuple_state:
+        if not isinstance(out, (tuple, list)) or len(out) != n:
+            raise TypeError(
+                f"func must return a tuple of {n} tensors like y0, got {type(out).__name__}"
+                + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+            )
+        parts = tuple(out)
+    else:
+        parts = (out,)
+    for part in parts:
+        if not isinstance(part, Tensor):
+            raise TypeError(f"func must return tensors like y0, got {type(part).__name__}")
+    return parts
+
+
+@dataclass(frozen=True, eq=False)
+class BoundField:
+    """A pure field together with the tensors it reads."""
+
+    field: Field
+    params: Params
+    names: tuple[str, ...]
+
+
+def bind_field(
+    func: Callable[..., Any], *, tuple_state: bool, n_state: int, args: Sequence[Tensor]
+) -> BoundField:
+    """Make the pure field of ``func`` and collect the tensors it must receive explicitly."""
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y, *args), got {type(func).__name__}")
+    for i, a in enumerate(args):
+        if not isinstance(a, Tensor):
+            raise TypeError(f"args[{i}] must be a torch.Tensor, got {type(a).__name__}")
+    n_args = len(args)
+
+    def unpack(y: State) -> Any:
+        return y if tuple_state else y[0]
+
+    if not isinstance(func, nn.Module):
+
+        def plain(t: Tensor, y: State, params: Params) -> State:
+            out = func(t, unpack(y), *params)
+            return _as_state(out, tuple_state=tuple_state, n=n_state)
+
+        return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
+
+    module = func
+    named = [
+        (name, x)
+        for name, x in (*module.named_parameters(), *module.named_buffers())
+        if x.is_floating_point() or x.is_complex()
+    ]
+    names = tuple(name for name, _ in named)
+    own = tuple(x for _, x in named)
+    m = len(own)
+
+    def modular(t: Tensor, y: State, params: Params) -> State:
+        tensors, extra = params[:m], params[m:]
+        if all(a is b for a, b in zip(tensors, own)):
+            out = module(t, unpack(y), *extra)
+        else:
+            substituted = dict(zip(names, tensors))
+            out = torch.func.functional_call(module, substituted, (t, unpack(y), *extra))
+        return _as_state(out, tuple_state=tuple_state, n=n_state)
+
+    return BoundField(modular, (*own, *args), (*names, *(f"args[{i}]" for i in range(n_args))))
+
+
+def check_output(out: State, y0: State) -> None:
+    """The field's value at ``(t0, y0)`` must match ``y0`` component by component."""
+    for i, (o, y) in enumerate(zip(out, y0)):
+        where = "" if len(y0) == 1 else f"[{i}]"
+        if o.shape != y.shape or o.dtype != y.dtype:
+            raise ValueError(
+                f"func must return a tensor of the shape and dtype of y0{where}: expected "
+                f"shape {tuple(y.shape)} and dtype {y.dtype}, got shape {tuple(o.shape)} "
+                f"and dtype {o.dtype}"
+            )
+
+
+def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> None:
+    """Raise when a plain callable reads a tensor that requires grad but is not in ``args``.
+
+    Evaluates the field once on detached inputs with grad enabled: an output that still requires
+    grad depends on a captured tensor, whose gradient the engine would silently drop.
+    """
+    detached = tuple(y.detach() for y in y0)
+    params = tuple(p.detach() for p in bound.params)
+    with torch.enable_grad():
+        out = bound.field(t0.detach(), detached, params)
+    if any(o.requires_grad for o in out):
+        raise TypeError(
+            "func reads a tensor that requires grad but is not passed explicitly, so its "
+            "gradient would be lost; pass such tensors as odeint(..., args=(tensor, ...)) and "
+            "accept them as func(t, y, *args), or make func an nn.Module"
+        )

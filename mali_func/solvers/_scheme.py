@@ -1,0 +1,109 @@
+"""The interface of a reversible one-step scheme.
+
+A reversible scheme is a one-step map ``Phi_h: (t, x) -> x'`` on an extended state ``x`` together
+with its exact algebraic inverse ``Phi_h^{-1}``. The state is a flat tuple of tensors whose first
+entries are the ODE solution ``y`` itself; a scheme may append auxiliary entries (the asynchronous
+leapfrog method appends a velocity ``v ~ dy/dt``).
+
+Because ``Phi_h`` can be undone, a chain ``x_N = Phi_{h_N} o ... o Phi_{h_1}(x_0)`` can be
+differentiated in constant memory: keep only ``x_N``, and walk back, rebuilding ``x_{n-1}`` from
+``x_n`` and pulling the cotangent back through ``Phi`` at the rebuilt point (Zhuang et al., "MALI:
+A memory efficient and reverse accurate integrator for Neural ODEs", ICLR 2021).
+
+Schemes are pure: no autograd calls in :meth:`step` or :meth:`inverse`, no loops over steps, no
+state kept between calls. The engine in :mod:`mali_func._engine` owns the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+State = tuple[Tensor, ...]
+"""A scheme's flat state; its first entries are the solution components."""
+
+Params = tuple[Tensor, ...]
+"""Tensors the vector field reads and that gradients are returned for."""
+
+Field = Callable[[Tensor, State, Params], State]
+"""A pure vector field ``field(t, y, params) -> dy/dt`` over tuples of tensors."""
+
+VJP = Callable[..., tuple[Any, Callable[[Any], tuple[Any, ...]]]]
+"""The signature of :func:`torch.func.vjp`."""
+
+Reverse = tuple[State, State, "Tensor | None", "Tensor | None", tuple[Any, ...]]
+"""``(previous state, its cotangent, d/dt, d/dh, cotangents of params)`` of one reversed step."""
+
+
+class ReversibleScheme(abc.ABC):
+    """A one-step method with an exact inverse; subclass it to plug a scheme into the engine.
+
+    Implement :meth:`init`, :meth:`step` and :meth:`inverse`. The default :meth:`reverse` inverts
+    the step and then pulls the cotangent back through a re-run of :meth:`step` with
+    :func:`torch.func.vjp`; a scheme whose inverse already evaluates the field at the forward
+    step's point (as ALF does) can override it to save that evaluation.
+    """
+
+    order: int = 1
+    """Order of accuracy of the solution component (used by documentation and tests)."""
+
+    def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
+        """Build the initial extended state from the solution ``y0`` at ``t0``.
+
+        Called outside the engine with ordinary autograd, so it may read the field. The default
+        carries no auxiliary state.
+        """
+        return y0
+
+    @abc.abstractmethod
+    def step(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
+        """Advance ``state`` from ``t`` to ``t + h``."""
+
+    @abc.abstractmethod
+    def inverse(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
+        """Undo :meth:`step`: given the state at ``t + h``, return the state at ``t``.
+
+        ``t`` is the *start* time of the step being undone, so that the time arithmetic is the
+        same as in :meth:`step`.
+        """
+
+    def reverse(
+        self,
+        field: Field,
+        t: Tensor,
+        h: Tensor,
+        state: State,
+        cotangent: State,
+        params: Params,
+        *,
+        time_grad: bool,
+        vjp: VJP = torch.func.vjp,
+    ) -> Reverse:
+        """Rebuild the previous state and pull ``cotangent`` back through one step.
+
+        Returns the previous state, its cotangent, the cotangents of ``t`` and ``h`` (``None``
+        unless ``time_grad``) and those of ``params`` (``None`` where not needed). ``vjp`` has
+        the signature of :func:`torch.func.vjp`, which is what the engine passes under
+        :mod:`torch.func` transforms; in eager code it passes a faster autograd-based one. Put
+        ``params`` last among the primals: that one may skip tensors that need no gradient.
+        """
+        previous = self.inverse(field, t, h, state, params)
+        if time_grad:
+
+            def timed(x: State, t_: Tensor, h_: Tensor, p: Params) -> State:
+                return self.step(field, t_, h_, x, p)
+
+            _, pullback = vjp(timed, previous, t, h, params)
+            cot_x, cot_t, cot_h, cot_p = pullback(cotangent)
+            return previous, cot_x, cot_t, cot_h, cot_p
+
+        def untimed(x: State, p: Params) -> State:
+            return self.step(field, t, h, x, p)
+
+        _, pullback = vjp(untimed, previous, params)
+        cot_x, cot_p = pullback(cotangent)
+        return previous, cot_x, None, None, cot_p

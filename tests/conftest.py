@@ -1,0 +1,40 @@
+"""Shared fixtures: small vector fields in float64, the dtype every gradient comparison uses."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+from torch import Tensor, nn
+
+# CI runs the property tests on a fixed example sequence, so a red run is reproducible.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+class MLPField(nn.Module):
+    """A small time-dependent MLP field ``f(t, y) = W2 tanh(W1 y + b1 + t c) + b2``."""
+
+    def __init__(self, dim: int = 3, hidden: int = 16, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(dim, hidden, dtype=dtype)
+        self.l2 = nn.Linear(hidden, dim, dtype=dtype)
+        self.c = nn.Parameter(0.3 * torch.randn(hidden, dtype=dtype))
+        self.calls = 0
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += 1
+        return self.l2(torch.tanh(self.l1(y) + t * self.c))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def field() -> MLPField:
+    return MLPField()
