@@ -103,7 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "core.md")
+    default_out = Path(__file__).parent / "results" / "core.md"
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.child:
@@ -112,7 +113,8 @@ def main() -> None:
 
     results = {(m, n): _measure(m, n) for n in ns.steps for m in ns.methods}
     lines = [
-        "| method | steps | extra memory (MB) | cold s | warm s | cold / backprop | warm / backprop |",
+        "| method | steps | extra memory (MB) | cold s | warm s "
+        "| cold / backprop | warm / backprop |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in ns.methods:
