@@ -6,6 +6,7 @@ the backward pass rebuilds the forward trajectory in reverse time instead of sto
 constant in the number of steps and the gradient is that of the discrete forward solve.
 """
 
+from ._blocks import ODEBlock
 from ._drift import DriftMonitor, ReconstructionWarning
 from ._engine import Chain, ReversibleChain
 from ._odeint import odeint
@@ -15,6 +16,7 @@ __all__ = [
     "ALF",
     "Chain",
     "DriftMonitor",
+    "ODEBlock",
     "ReconstructionWarning",
     "ReversibleChain",
     "ReversibleScheme",

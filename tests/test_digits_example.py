@@ -1,0 +1,35 @@
+"""The main job runs end to end in its fast mode and learns far better than chance."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("mode", ["--no-compile"])
+def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "examples/digits_classifier.py", "--fast", mode, "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = float(re.search(r"\| test accuracy\s+\| ([0-9.]+)", proc.stdout).group(1))
+    reloaded = float(
+        re.search(r"\| reloaded checkpoint accuracy\s+\| ([0-9.]+)", proc.stdout).group(1)
+    )
+    assert acc > 0.5  # chance is 0.1
+    assert reloaded == acc
+    mali = float(re.search(r"memory per step, MALI\s+\| ([0-9.]+)", proc.stdout).group(1))
+    backprop = float(re.search(r"memory per step, backprop\s+\| ([0-9.]+)", proc.stdout).group(1))
+    assert mali < backprop
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+    assert (tmp_path / "digits_ode.pt").exists()
