@@ -119,8 +119,9 @@ class LoopChain(torch.autograd.Function):
         time_grad = bool(ctx.needs_input_grad[1])
         npar, m = len(params), t.shape[0] - 1
         g_out = tuple(g.contiguous() for g in grads[:n_out])
-        state = (*(x[-1] for x in outputs[:n_out]), *outputs[n_out:])
-        cot = (*(g[-1] for g in g_out), *(g.contiguous() for g in grads[n_out:]))
+        # Carried values must not alias each other or what the loop bodies capture: clone.
+        state = tuple(x.clone() for x in (*(y[-1] for y in outputs[:n_out]), *outputs[n_out:]))
+        cot = tuple(g.clone() for g in (*(g[-1] for g in g_out), *grads[n_out:]))
         acc = tuple(torch.zeros_like(p) for p in params)
         extra = (torch.zeros_like(t),) if time_grad else ()
 

@@ -29,9 +29,10 @@ class DriftMonitor:
 
     Pass one to :func:`mali_func.odeint` (``monitor=...``); after ``loss.backward()``,
     :attr:`error` holds the relative reconstruction error (see the module docs). The error travels
-    back as the gradient of a private scalar leaf, so it works in eager and compiled code alike; it
-    is not filled under :mod:`torch.func` transforms, which return gradients instead of storing
-    them. Errors of several solves sharing one monitor in one backward pass add up.
+    back as the gradient of a private scalar leaf, so it works in eager and compiled code alike. It
+    is filled by ``.backward()``, not by ``torch.autograd.grad(loss, inputs)`` (which returns only
+    the gradients asked for) nor under :mod:`torch.func` transforms. Errors of several solves
+    sharing one monitor in one backward pass add up.
     """
 
     def __init__(self) -> None:
