@@ -79,14 +79,11 @@ def check_t(t: Any, like: Tensor) -> Tensor:
     return t
 
 
-def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...]:
-    """Number of steps in each interval of ``t``."""
-    if (n_steps is None) == (step_size is None):
-        if n_steps is None:
-            raise ValueError(
-                "give n_steps (steps per interval of t) or step_size; adaptive step-size "
-                "control is not available yet"
-            )
+def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | None:
+    """Number of steps in each interval of ``t``; ``None`` asks for adaptive steps."""
+    if n_steps is None and step_size is None:
+        return None
+    if n_steps is not None and step_size is not None:
         raise ValueError("give either n_steps or step_size, not both")
     intervals = t.shape[0] - 1
     if n_steps is not None:
@@ -122,3 +119,45 @@ def check_options(gradient: Any, reconstruction_tol: Any, monitor: Any, monitor_
             raise ValueError(f"reconstruction_tol must be positive, got {reconstruction_tol}")
     if monitor is not None and not isinstance(monitor, monitor_type):
         raise TypeError(f"monitor must be a DriftMonitor or None, got {type(monitor).__name__}")
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    ok = value >= 0 if allow_zero else value > 0
+    if not (math.isfinite(value) and ok):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {kind} and finite, got {value}")
+    return float(value)
+
+
+def check_adaptive(
+    adaptive: bool, rtol: Any, atol: Any, max_steps: Any, first_step: Any
+) -> tuple[float, float, int, float | None]:
+    """Resolve the adaptive options; they are refused beside ``n_steps`` or ``step_size``."""
+    if not adaptive:
+        given = [
+            n
+            for n, v in (("rtol", rtol), ("atol", atol), ("first_step", first_step))
+            if v is not None
+        ]
+        if max_steps is not None:
+            given.append("max_steps")
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to adaptive solves only; drop them or drop "
+                "n_steps/step_size"
+            )
+        return 0.0, 0.0, 0, None
+    r = _positive("rtol", 1e-3 if rtol is None else rtol, allow_zero=True)
+    a = _positive("atol", 1e-6 if atol is None else atol, allow_zero=True)
+    if r == 0 and a == 0:
+        raise ValueError("rtol and atol cannot both be 0")
+    if max_steps is None:
+        max_steps = 10_000
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    first = None if first_step is None else _positive("first_step", first_step)
+    return r, a, max_steps, first

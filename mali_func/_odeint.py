@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-from ._checks import check_options, check_steps, check_t, check_y0
+from ._adaptive import AdaptiveChain, replay, solve_adaptive
+from ._checks import check_adaptive, check_options, check_steps, check_t, check_y0, is_concrete
+from ._controller import SolveStats, Tolerances, run_controller
 from ._drift import DriftMonitor
 from ._engine import Chain, integrate, solve_reversible
 from ._field import bind_field, check_no_capture, check_output
-from .solvers import ALF, Params, ReversibleScheme, State
+from .solvers import ALF, Field, Params, ReversibleScheme, State
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -37,7 +40,12 @@ def odeint(
     scheme: ReversibleScheme | None = None,
     monitor: DriftMonitor | None = None,
     reconstruction_tol: float | None = 1e-3,
-) -> TensorOrTuple:
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int | None = None,
+    first_step: float | None = None,
+    stats: bool = False,
+) -> Any:
     """Integrate ``dy/dt = func(t, y, *args)`` and return ``y`` at every time in ``t``.
 
     Args:
@@ -53,7 +61,8 @@ def odeint(
             reconstruction amplify round-off by ``1/|1 - 2 eta|`` per step.
         n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
-            (needs the values of ``t``: eager code only).
+            (needs the values of ``t``: eager code only). With neither, the steps are chosen
+            adaptively (see :mod:`mali_func._controller`) and land on every ``t[i]``.
         gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve) or
             ``"backprop"`` (autograd through every step, memory linear in the steps).
         args: extra tensors passed to ``func`` and differentiated.
@@ -63,13 +72,29 @@ def odeint(
         reconstruction_tol: warn with :class:`ReconstructionWarning` when the relative
             reconstruction error of a MALI backward exceeds it (one host read per backward, eager
             only); ``None`` disables the check.
+        rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
+        max_steps: most trial steps of an adaptive solve (default 10,000).
+        first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
+        stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected
+            steps, failure flag).
 
     Returns:
-        A tensor of shape ``(len(t), *y0.shape)``, or a tuple of such tensors for a tuple ``y0``.
+        A tensor of shape ``(len(t), *y0.shape)``, or a tuple of such tensors for a tuple ``y0``;
+        with ``stats=True`` the pair ``(ys, stats)``.
+
+    Raises:
+        RuntimeError: an eager adaptive solve that exceeds ``max_steps`` or whose step size
+            underflows; under ``vmap`` or ``torch.compile`` the outputs are NaN instead and
+            ``stats.failed`` is set.
     """
     state, tuple_state = check_y0(y0)
     t = check_t(t, state[0])
     steps = check_steps(n_steps, step_size, t)
+    rtol_, atol_, max_steps_, first_step_ = check_adaptive(
+        steps is None, rtol, atol, max_steps, first_step
+    )
+    if not isinstance(stats, bool):
+        raise TypeError(f"stats must be a bool, got {type(stats).__name__}")
     check_options(gradient, reconstruction_tol, monitor, DriftMonitor)
     if scheme is None:
         scheme = ALF(eta)
@@ -93,18 +118,98 @@ def odeint(
     if not checked:
         check_output(bound.field(t[0], state, bound.params), state)
     n_out = len(state)
-    if gradient == "backprop":
-        trajectories, _ = integrate(scheme, bound.field, t, start, bound.params, steps, n_out)
-    else:
-        chain = Chain(
-            scheme=scheme,
-            field=bound.field,
-            steps=steps,
-            n_state=len(start),
-            n_out=n_out,
-            n_params=len(bound.params),
-            reconstruction_tol=reconstruction_tol,
+    probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
+    if steps is None:
+        tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
+        trajectories, solve_stats = _solve_adaptive(
+            scheme,
+            bound.field,
+            t,
+            start,
+            bound.params,
+            n_out,
+            tol,
+            gradient,
+            reconstruction_tol,
+            probe,
         )
-        probe = None if monitor is None else monitor.probe(state[0])
-        trajectories, _ = solve_reversible(chain, t, start, bound.params, probe)
-    return trajectories if tuple_state else trajectories[0]
+    else:
+        trajectories = _solve_fixed(
+            scheme,
+            bound.field,
+            t,
+            start,
+            bound.params,
+            n_out,
+            steps,
+            gradient,
+            reconstruction_tol,
+            probe,
+        )
+        solve_stats = _fixed_stats(sum(steps), t)
+    out = trajectories if tuple_state else trajectories[0]
+    return (out, solve_stats) if stats else out
+
+
+def _solve_fixed(
+    scheme: ReversibleScheme,
+    field: Field,
+    t: Tensor,
+    start: State,
+    params: Params,
+    n_out: int,
+    steps: tuple[int, ...],
+    gradient: str,
+    reconstruction_tol: float | None,
+    probe: Tensor | None,
+) -> State:
+    if gradient == "backprop":
+        return integrate(scheme, field, t, start, params, steps, n_out)[0]
+    chain = Chain(
+        scheme=scheme,
+        field=field,
+        steps=steps,
+        n_state=len(start),
+        n_out=n_out,
+        n_params=len(params),
+        reconstruction_tol=reconstruction_tol,
+    )
+    return solve_reversible(chain, t, start, params, probe)[0]
+
+
+def _solve_adaptive(
+    scheme: ReversibleScheme,
+    field: Field,
+    t: Tensor,
+    start: State,
+    params: Params,
+    n_out: int,
+    tol: Tolerances,
+    gradient: str,
+    reconstruction_tol: float | None,
+    probe: Tensor | None,
+) -> tuple[State, SolveStats]:
+    if gradient == "backprop":
+        eager = all(is_concrete(x) for x in (t, *start, *params))
+        with torch.no_grad():
+            _, _, records, solve_stats = run_controller(
+                scheme, field, t, start, params, n_out, tol, eager=eager
+            )
+        outputs = replay(scheme, field, t, start, params, records, n_out)
+        nan = torch.full_like(outputs[0][:1], float("nan"))
+        return tuple(torch.where(solve_stats.failed, nan, o) for o in outputs), solve_stats
+    chain = AdaptiveChain(
+        scheme=scheme,
+        field=field,
+        tol=tol,
+        n_state=len(start),
+        n_out=n_out,
+        n_params=len(params),
+        reconstruction_tol=reconstruction_tol,
+    )
+    return solve_adaptive(chain, t, start, params, probe)
+
+
+def _fixed_stats(n_steps: int, t: Tensor) -> SolveStats:
+    count = torch.tensor(n_steps, dtype=torch.long, device=t.device)
+    return SolveStats(count + 1, count, torch.zeros_like(count), torch.zeros_like(count).bool())

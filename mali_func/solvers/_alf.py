@@ -73,7 +73,9 @@ class ALF(ReversibleScheme):
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
         return (*y0, *field(t0, y0, params))
 
-    def step(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
+    def _advance(
+        self, field: Field, t: Tensor, h: Tensor, state: State, params: Params
+    ) -> tuple[State, State]:
         n = len(state) // 2
         z, v = state[:n], state[n:]
         half = h / 2
@@ -81,7 +83,18 @@ class ALF(ReversibleScheme):
         u = field(t + half, k, params)
         v_next = tuple(torch.lerp(vi, ui, 2 * self.eta) for vi, ui in zip(v, u))
         z_next = tuple(torch.addcmul(ki, half, vi) for ki, vi in zip(k, v_next))
-        return (*z_next, *v_next)
+        return (*z_next, *v_next), u
+
+    def step(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
+        return self._advance(field, t, h, state, params)[0]
+
+    def step_with_error(
+        self, field: Field, t: Tensor, h: Tensor, state: State, params: Params
+    ) -> tuple[State, State]:
+        """The step and the paper's local error estimate ``e = h (u - v)`` for each ``z``."""
+        new, u = self._advance(field, t, h, state, params)
+        v = state[len(state) // 2 :]
+        return new, tuple(h * (ui - vi) for ui, vi in zip(u, v))
 
     def _undo(self, k: State, u: State, v_next: State, half: Tensor) -> tuple[State, State]:
         c = 2 * self.eta

@@ -71,6 +71,19 @@ class ReversibleScheme(abc.ABC):
         same as in :meth:`step`.
         """
 
+    def step_with_error(
+        self, field: Field, t: Tensor, h: Tensor, state: State, params: Params
+    ) -> tuple[State, State]:
+        """:meth:`step` and a local error estimate for each solution component.
+
+        Needed only for adaptive step sizes; a scheme without an estimate cannot solve
+        adaptively.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no local error estimate, so it cannot choose its steps; "
+            "give n_steps or step_size"
+        )
+
     def reverse(
         self,
         field: Field,

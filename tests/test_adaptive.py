@@ -1,0 +1,138 @@
+"""Adaptive steps: accuracy, MALI == backprop through the accepted steps, vmap, failures, stats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MLPField
+from torch import nn
+
+from mali_func import odeint
+
+F64 = torch.float64
+
+
+def van_der_pol(t, y):
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, 0.5 * (1 - x**2) * v - x], -1)
+
+
+def duffing(t, y):
+    """Undamped, with a frequency that grows with the amplitude."""
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, -x - x**3], -1)
+
+
+def reference(y0: torch.Tensor, t1: float) -> torch.Tensor:
+    return odeint(van_der_pol, y0, [0.0, t1], n_steps=20000)[-1]
+
+
+def test_error_shrinks_with_the_tolerance() -> None:
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    exact = reference(y0, 3.0)
+    errors = []
+    for tol in (1e-3, 1e-5, 1e-7):
+        ys = odeint(van_der_pol, y0, [0.0, 3.0], rtol=tol, atol=tol)
+        errors.append(((ys[-1] - exact).norm() / exact.norm()).item())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-4
+
+
+def test_steps_land_on_every_output_time() -> None:
+    a = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 0.1, 0.7, 2.0, 2.05], dtype=F64)
+    ys, stats = odeint(lambda t, y: a @ y, y0, t, rtol=1e-8, atol=1e-8, stats=True)
+    for i, s in enumerate(t):
+        exact = torch.linalg.matrix_exp(a * s) @ y0
+        torch.testing.assert_close(ys[i], exact, rtol=1e-5, atol=1e-5)
+    assert stats.n_accepted.item() >= len(t) - 1
+
+
+@pytest.mark.parametrize("times", [[0.0, 0.5, 1.5], [1.5, 0.2]])
+def test_mali_equals_backprop_through_the_accepted_steps(field: MLPField, times) -> None:
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor(times, dtype=F64, requires_grad=True)
+    results = []
+    for gradient in ("mali", "backprop"):
+        ys = odeint(field, y0, t, rtol=1e-6, atol=1e-6, gradient=gradient)
+        loss = ys.pow(2).sum() + ys[1].sin().sum()
+        results.append((ys.detach(), torch.autograd.grad(loss, [y0, t, *field.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_stats_add_up(field: MLPField) -> None:
+    y0 = torch.randn(4, 3, dtype=F64)
+    _, stats = odeint(field, y0, [0.0, 2.0], rtol=1e-7, atol=1e-9, first_step=1.0, stats=True)
+    assert stats.n_rejected.item() >= 1  # a first step of 1.0 is far too large here
+    trials = stats.n_accepted + stats.n_rejected
+    assert stats.n_f_evals.item() == trials.item() + 2  # + v0 and the first-step probe
+    assert not stats.failed.item()
+
+
+def test_vmap_gives_each_sample_its_own_steps() -> None:
+    scales = torch.tensor([1e-3, 1.0, 3.0], dtype=F64)
+    y0 = torch.stack([torch.tensor([1.0, 0.0], dtype=F64) * s for s in scales])
+
+    def solve(y):
+        return odeint(duffing, y, [0.0, 1.0, 2.0], rtol=1e-5, atol=1e-9, stats=True)
+
+    ys, stats = torch.func.vmap(solve)(y0)
+    for i in range(3):
+        single, single_stats = solve(y0[i])
+        torch.testing.assert_close(ys[i], single, rtol=1e-10, atol=1e-12)
+        assert stats.n_accepted[i].item() == single_stats.n_accepted.item()
+    assert len(set(stats.n_accepted.tolist())) > 1
+
+
+def test_vmap_grad_equals_a_loop() -> None:
+    field = MLPField()
+    params = {k: v.detach() for k, v in field.named_parameters()}
+    xs = torch.randn(3, 3, dtype=F64) * torch.tensor([[0.1], [1.0], [5.0]], dtype=F64)
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.field = field
+
+        def forward(self, x):
+            return odeint(self.field, x, [0.0, 1.0], rtol=1e-6, atol=1e-8)[-1].pow(2).sum()
+
+    model = Wrapped()
+    mparams = {f"field.{k}": v for k, v in params.items()}
+
+    def mloss(p, x):
+        return torch.func.functional_call(model, p, (x,))
+
+    batched = torch.func.vmap(torch.func.grad(mloss), in_dims=(None, 0))(mparams, xs)
+    for i in range(3):
+        single = torch.func.grad(mloss)(mparams, xs[i])
+        for k in mparams:
+            torch.testing.assert_close(batched[k][i], single[k], rtol=1e-9, atol=1e-12)
+
+
+def test_exceeding_max_steps_raises_with_the_time_reached() -> None:
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    with pytest.raises(RuntimeError, match=r"failed at t = [0-9.e-]+ of \[0, 10\]: max_steps=20"):
+        odeint(van_der_pol, y0, [0.0, 10.0], rtol=1e-8, atol=1e-8, max_steps=20)
+
+
+def test_step_size_underflow_raises() -> None:
+    y0 = torch.tensor([1.0], dtype=F64)
+    with pytest.raises(
+        RuntimeError, match=r"failed at t = 1\.0[0-9]* of \[0, 2\]: the step size underflowed"
+    ):
+        odeint(lambda t, y: y * torch.sqrt(1 - t), y0, [0.0, 2.0])  # NaN beyond t = 1
+
+
+def test_failure_under_vmap_gives_nan_and_a_flag() -> None:
+    y0 = torch.tensor([[0.1], [1.0]], dtype=F64)
+
+    def solve(y):
+        return odeint(lambda t, y: y * torch.sqrt(y - t), y, [0.0, 0.5], stats=True)
+
+    ys, stats = torch.func.vmap(solve)(y0)  # the first sample's field turns NaN near t = 0.1
+    assert stats.failed.tolist() == [True, False]
+    assert torch.isnan(ys[0, -1]).all() and torch.isfinite(ys[1]).all()
