@@ -1,7 +1,16 @@
-"""ONNX export of mali-func's forward integration (imported as ``mali_func.export``).
+"""ONNX export of models that integrate with :func:`mali_func.odeint` (``mali_func.export``).
 
-The exporter lands with the ONNX export issue; this package is wired in already so that
-``import mali_func.export`` works from an installed checkout.
+:func:`to_onnx` traces a model with ``torch.onnx.export(dynamo=True)`` in eval mode without
+autograd. Under export, ``odeint`` runs its forward-only ``scan`` path, so each solve becomes one
+ONNX ``Scan`` node whose body is a single step: the file does not grow with the number of steps,
+and none of MALI's training machinery is in it. The file is then checked with the full ONNX
+checker and run in onnxruntime against torch.
+
+Command line: ``python -m mali_func.export --help``.
 """
 
-__all__: list[str] = []
+from ._api import to_onnx
+from ._errors import ExportError, ParityError
+from ._report import ExportReport
+
+__all__ = ["ExportError", "ExportReport", "ParityError", "to_onnx"]

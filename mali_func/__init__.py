@@ -7,6 +7,7 @@ constant in the number of steps and the gradient is that of the discrete forward
 """
 
 from ._blocks import ODEBlock
+from ._controller import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
 from ._engine import Chain, ReversibleChain
 from ._odeint import odeint
@@ -20,6 +21,7 @@ __all__ = [
     "ReconstructionWarning",
     "ReversibleChain",
     "ReversibleScheme",
+    "SolveStats",
     "odeint",
 ]
 __version__ = "0.1.0"

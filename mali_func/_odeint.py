@@ -22,6 +22,7 @@ from ._controller import SolveStats, Tolerances, run_controller
 from ._drift import DriftMonitor
 from ._engine import Chain, integrate, solve_reversible
 from ._field import bind_field, check_no_capture, check_output
+from ._scan import integrate_scan
 from .solvers import ALF, Field, Params, ReversibleScheme, State
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
@@ -119,6 +120,8 @@ def odeint(
         check_output(bound.field(t[0], state, bound.params), state)
     n_out = len(state)
     probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
+    if steps is None and torch.compiler.is_exporting():
+        raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
     if steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
         trajectories, solve_stats = _solve_adaptive(
@@ -163,6 +166,9 @@ def _solve_fixed(
     reconstruction_tol: float | None,
     probe: Tensor | None,
 ) -> State:
+    if torch.compiler.is_exporting():
+        # Export captures the forward only: one scan loop, no gradient machinery.
+        return integrate_scan(scheme, field, t, start, params, steps, n_out)[0]
     if gradient == "backprop":
         return integrate(scheme, field, t, start, params, steps, n_out)[0]
     chain = Chain(
