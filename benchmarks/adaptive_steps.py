@@ -76,15 +76,18 @@ def main() -> None:
         lambda f, y: mali_func.odeint(f, y, t, n_steps=40_000, gradient="backprop")[-1], y0
     )
     lines = [
-        "| solver | tol | accepted | rejected | f evals fwd + bwd | solution error | gradient error |",
+        "| solver | tol | accepted | rejected | f evals fwd + bwd | solution error "
+        "| gradient error |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for tol in TOLS:
         stats_box: list[mali_func.SolveStats] = []
 
-        def ours(f: Field, y: Tensor, tol: float = tol) -> Tensor:
+        def ours(
+            f: Field, y: Tensor, tol: float = tol, box: list[mali_func.SolveStats] = stats_box
+        ) -> Tensor:
             ys, stats = mali_func.odeint(f, y, t, rtol=tol, atol=tol, stats=True)
-            stats_box.append(stats)
+            box.append(stats)
             return ys[-1]
 
         y, g, nf, nb = run(ours, y0)
