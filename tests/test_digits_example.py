@@ -32,4 +32,7 @@ def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: str) -> 
     backprop = float(re.search(r"memory per step, backprop\s+\| ([0-9.]+)", proc.stdout).group(1))
     assert mali < backprop
     assert (tmp_path / "training.png").stat().st_size > 10_000
+    onnx_err = float(re.search(r"max rel\. error ([0-9.e+-]+)", proc.stdout).group(1))
+    assert onnx_err < 1e-4
+    assert (tmp_path / "digits.onnx").stat().st_size > 10_000
     assert (tmp_path / "digits_ode.pt").exists()
