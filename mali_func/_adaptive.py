@@ -21,6 +21,7 @@ from torch import Tensor
 from ._checks import is_concrete
 from ._controller import Records, SolveStats, Tolerances, interval_times, run_controller
 from ._drift import reconstruction_error, warn_if_drifted
+from ._engine import add_optional
 from ._vjp import choose_vjp
 from .solvers import Field, Params, ReversibleScheme, State
 
@@ -48,12 +49,6 @@ def _mask(ok: Tensor, new: Tensor | None, old: Tensor | None) -> Tensor | None:
 def _row(x: Tensor, i: Tensor) -> Tensor:
     """``x[i]`` for a 0-dim index tensor, also when ``i`` is batched under vmap."""
     return x.index_select(0, i.reshape(1)).squeeze(0)
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None:
-        return b
-    return a if b is None else a + b
 
 
 class AdaptiveFunction(torch.autograd.Function):
@@ -115,7 +110,7 @@ class AdaptiveFunction(torch.autograd.Function):
             )
             state = tuple(torch.where(ok, a, b) for a, b in zip(prev, state))
             cot = tuple(torch.where(ok, a, b) for a, b in zip(c_prev, cot))
-            cot_params = [_add(acc, _mask(ok, g, None)) for acc, g in zip(cot_params, a_p)]
+            cot_params = [add_optional(acc, _mask(ok, g, None)) for acc, g in zip(cot_params, a_p)]
             if grad_t is not None and a_t is not None and a_h is not None:
                 d_span = torch.where(ok, c * a_t + theta * a_h, 0)
                 a_start = torch.where(ok, a_t, 0) - d_span

@@ -69,7 +69,8 @@ class Chain:
     reconstruction_tol: float | None
 
 
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where ``None`` stands for zero."""
     if a is None:
         return b
     if b is None:
@@ -125,13 +126,13 @@ class ReversibleChain(torch.autograd.Function):
                 state, cot, c_t, c_h, c_p = chain.scheme.reverse(
                     chain.field, starts[k], h, state, cot, params, time_grad=time_grad, vjp=vjp
                 )
-                cot_params = [_add(a, b) for a, b in zip(cot_params, c_p)]
+                cot_params = [add_optional(a, b) for a, b in zip(cot_params, c_p)]
                 if c_t is not None and c_h is not None:
-                    sum_t = _add(sum_t, c_t)
-                    sum_h = _add(sum_h, k * c_t + c_h)
+                    sum_t = add_optional(sum_t, c_t)
+                    sum_h = add_optional(sum_h, k * c_t + c_h)
             if sum_t is not None and sum_h is not None:
-                cot_t[i] = _add(cot_t[i], sum_t - sum_h / n)
-                cot_t[i + 1] = _add(cot_t[i + 1], sum_h / n)
+                cot_t[i] = add_optional(cot_t[i], sum_t - sum_h / n)
+                cot_t[i + 1] = add_optional(cot_t[i + 1], sum_h / n)
             cot = (*(c + g[i] for c, g in zip(cot[: chain.n_out], out_grads)), *cot[chain.n_out :])
 
         error = reconstruction_error(state, state0)
