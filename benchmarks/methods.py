@@ -1,0 +1,104 @@
+"""The solvers under comparison, each as ``make(field, y0, t1, steps) -> solve`` on fixed steps.
+
+``solve()`` integrates from 0 to ``t1`` in ``steps`` equal steps and returns ``z(t1)``, ready for
+a backward pass. Ours are called through the public API (:func:`mali_func.odeint`); the others
+through their own public entry points:
+
+* torchdiffeq ``odeint`` / ``odeint_adjoint`` with classical RK4 (four field evaluations a step;
+  the adjoint solves the augmented system backwards with the same fixed grid);
+* TorchDiffEqPack ``odesolve_adjoint_sym12`` with ``fixedstep_sym12async``: the MALI paper's own
+  package (ALF, constant memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Solve = Callable[[], Tensor]
+Maker = Callable[[nn.Module, Tensor, float, int], Solve]
+
+LABELS = {
+    "mali": "mali-func MALI",
+    "backprop": "mali-func ALF, backprop",
+    "tde_adjoint": "torchdiffeq odeint_adjoint, rk4",
+    "tde_backprop": "torchdiffeq odeint, rk4, backprop",
+    "tdep_mali": "TorchDiffEqPack MALI (sym12async)",
+}
+#: Line styles shared by every plot, so one method looks the same everywhere.
+STYLES = {
+    "mali": {"color": "C0", "marker": "o"},
+    "backprop": {"color": "C0", "marker": "s", "linestyle": "--"},
+    "tde_adjoint": {"color": "C1", "marker": "^"},
+    "tde_backprop": {"color": "C1", "marker": "v", "linestyle": "--"},
+    "tdep_mali": {"color": "C2", "marker": "D"},
+}
+
+
+def _ours(gradient: str, **extra: Any) -> Maker:
+    def make(field: nn.Module, y0: Tensor, t1: float, steps: int) -> Solve:
+        import mali_func
+
+        t = torch.tensor([0.0, t1], dtype=y0.dtype)
+
+        def solve() -> Tensor:
+            ys = mali_func.odeint(field, y0, t, n_steps=steps, gradient=gradient, **extra)
+            return ys[-1]
+
+        return solve
+
+    return make
+
+
+def _torchdiffeq(adjoint: bool) -> Maker:
+    def make(field: nn.Module, y0: Tensor, t1: float, steps: int) -> Solve:
+        import torchdiffeq
+
+        integrate = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+        t = torch.tensor([0.0, t1], dtype=y0.dtype)
+        options = {"step_size": t1 / steps}
+
+        def solve() -> Tensor:
+            return integrate(field, y0, t, method="rk4", options=options)[-1]
+
+        return solve
+
+    return make
+
+
+def _tdep_mali(field: nn.Module, y0: Tensor, t1: float, steps: int) -> Solve:
+    from TorchDiffEqPack import odesolve_adjoint_sym12
+
+    options = {
+        "method": "fixedstep_sym12async",
+        "h": t1 / steps,
+        "t0": 0.0,
+        "t1": t1,
+        "rtol": 1e-3,
+        "atol": 1e-3,
+        "print_neval": False,
+        "neval_max": 10**7,
+    }
+
+    def solve() -> Tensor:
+        return odesolve_adjoint_sym12(field, y0, options=options)
+
+    return solve
+
+
+MAKERS: dict[str, Maker] = {
+    "mali": _ours("mali"),
+    "backprop": _ours("backprop"),
+    "tde_adjoint": _torchdiffeq(adjoint=True),
+    "tde_backprop": _torchdiffeq(adjoint=False),
+    "tdep_mali": _tdep_mali,
+}
+METHODS = tuple(MAKERS)
+
+
+def make_solve(method: str, field: nn.Module, y0: Tensor, t1: float, steps: int) -> Solve:
+    """The fixed-step solve of ``method`` from 0 to ``t1``; raises ImportError when missing."""
+    return MAKERS[method](field, y0, t1, steps)
