@@ -22,7 +22,8 @@ Two workarounds for torch 2.13 (CPU):
 * Inductor lowers a ``while_loop`` inside a backward graph with the *outer* graph's donated-buffer
   indices applied to the loop body's inputs (pytorch/pytorch#192840), so the body may overwrite a
   buffer that is still live and gradients come out silently wrong. Importing this module turns
-  ``torch._functorch.config.donated_buffer`` off; :func:`odeint_loop` refuses to trace while it is on.
+  ``torch._functorch.config.donated_buffer`` off; :func:`odeint_loop` refuses to trace while it is
+  on.
 * Inductor rewrites ``add(mm(a, b), c)`` into ``addmm(c, a, b)``, which on MKL float32 rounds about
   ten times worse than a matmul and an add when the product is small against ``c``: accumulations
   over hundreds of steps drift to 1e-5. Cotangents are fenced (:func:`_fence`) so the rewrite
@@ -143,7 +144,8 @@ class LoopChain(torch.autograd.Function):
 
             def body(k: Tensor, *c: Tensor) -> tuple[Tensor, ...]:
                 k = k - 1
-                x, a, acc, sums = c[:ns], c[ns : 2 * ns], c[2 * ns : 2 * ns + n_p], c[2 * ns + n_p :]
+                x, a = c[:ns], c[ns : 2 * ns]
+                acc, sums = c[2 * ns : 2 * ns + n_p], c[2 * ns + n_p :]
                 prev, a_prev, a_t, a_h, a_p = scheme.reverse(
                     field, t_lo + k * h, h, x, a, params, time_grad=time_grad, vjp=_vjp
                 )

@@ -35,20 +35,36 @@ class DriftMonitor:
     sharing one monitor in one backward pass add up.
     """
 
-    def __init__(self) -> None:
-        self._probes: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+    def __init__(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> None:
+        leaf = torch.zeros((), dtype=dtype, device=device, requires_grad=True)
+        self._probes: dict[tuple[torch.dtype, torch.device], Tensor] = {
+            (leaf.dtype, leaf.device): leaf
+        }
         self._last: Tensor | None = None
 
     def probe(self, like: Tensor) -> Tensor:
-        """The scalar leaf whose gradient receives the error, on ``like``'s dtype and device."""
+        """The scalar leaf whose gradient receives the error, on ``like``'s dtype and device.
+
+        In eager code this also clears the previous error. Under ``torch.compile`` the leaf must
+        exist already (construct the monitor with the solve's ``dtype`` and ``device``) and errors
+        add up over backward passes until :meth:`reset`.
+        """
         key = (like.dtype, like.device)
         leaf = self._probes.get(key)
         if leaf is None:
             leaf = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
             self._probes[key] = leaf
-        leaf.grad = None
+        if not torch.compiler.is_compiling():
+            leaf.grad = None
         self._last = leaf
         return leaf
+
+    def reset(self) -> None:
+        """Forget the errors received so far."""
+        for leaf in self._probes.values():
+            leaf.grad = None
 
     @property
     def error(self) -> Tensor | None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ._adaptive import AdaptiveChain, replay, solve_adaptive
 from ._checks import check_adaptive, check_options, check_steps, check_t, check_y0, is_concrete
+from ._compiled import odeint_loop
 from ._controller import SolveStats, Tolerances, run_controller
 from ._drift import DriftMonitor
 from ._engine import Chain, integrate, solve_reversible
@@ -122,6 +123,11 @@ def odeint(
     probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
     if steps is None and torch.compiler.is_exporting():
         raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
+    if steps is None and torch.compiler.is_compiling():
+        raise ValueError(
+            "adaptive solves do not run under torch.compile yet: pass n_steps (a new value does "
+            "not recompile) or call odeint outside the compiled region"
+        )
     if steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
         trajectories, solve_stats = _solve_adaptive(
@@ -169,6 +175,13 @@ def _solve_fixed(
     if torch.compiler.is_exporting():
         # Export captures the forward only: one scan loop, no gradient machinery.
         return integrate_scan(scheme, field, t, start, params, steps, n_out)[0]
+    if torch.compiler.is_compiling() and all(s == steps[0] for s in steps):
+        # Loops that torch.compile keeps as loops: compile time does not grow with the steps.
+        # (Comparing, not hashing, the counts keeps n_steps symbolic: no recompiles.)
+        loop = odeint_loop(
+            scheme, field, t, start, params, steps[0], n_out, gradient=gradient, probe=probe
+        )
+        return loop[0]
     if gradient == "backprop":
         return integrate(scheme, field, t, start, params, steps, n_out)[0]
     chain = Chain(

@@ -1,0 +1,116 @@
+"""torch.compile(fullgraph=True): compiled equals eager, no graph break, no recompilation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from mali_func import DriftMonitor, ODEBlock, odeint
+
+
+class Field(nn.Module):
+    """A time-dependent MLP field without Python side effects (loop bodies may have none)."""
+
+    def __init__(self, dim: int = 2, hidden: int = 32) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(dim, hidden)
+        self.l2 = nn.Linear(hidden, dim)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.tanh(self.l1(y)) * torch.cos(t))
+
+
+def loss_fn(field: nn.Module, y0: torch.Tensor, t: torch.Tensor, n: int, gradient: str):
+    ys = odeint(field, y0, t, n_steps=n, gradient=gradient)
+    return ys.pow(2).mean() + ys[1].sum()
+
+
+def grads(fn, field: nn.Module, y0: torch.Tensor, t: torch.Tensor, *args):
+    y0 = y0.clone().requires_grad_()
+    t = t.clone().requires_grad_()
+    loss = fn(field, y0, t, *args)
+    return (loss.detach(), *torch.autograd.grad(loss, [y0, t, *field.parameters()]))
+
+
+def assert_close_all(a, b, rtol: float) -> None:
+    for x, y in zip(a, b, strict=True):
+        scale = y.abs().max().clamp_min(1e-12)
+        assert ((x - y).abs().max() / scale).item() < rtol
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("gradient", ["mali", "backprop"])
+def test_compiled_equals_eager_aot_eager(gradient: str) -> None:
+    field = Field()
+    y0, t = torch.randn(16, 2), torch.tensor([0.0, 0.4, 1.0])
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    ref = grads(loss_fn, field, y0, t, 12, gradient)
+    assert_close_all(grads(compiled, field, y0, t, 12, gradient), ref, rtol=1e-5)
+
+
+def test_compiled_equals_eager_inductor() -> None:
+    field = Field()
+    y0, t = torch.randn(32, 2), torch.tensor([0.0, 1.0])
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    ref = grads(loss_fn, field, y0, t, 20, "mali")
+    assert_close_all(grads(compiled, field, y0, t, 20, "mali"), ref, rtol=1e-5)
+
+
+def test_a_new_step_count_does_not_recompile_again() -> None:
+    field = Field()
+    y0, t = torch.randn(8, 2), torch.tensor([0.0, 1.0])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss_fn, backend=counter, fullgraph=True)
+    for n in (5, 5, 7, 9, 30):
+        assert_close_all(
+            grads(compiled, field, y0, t, n, "mali"), grads(loss_fn, field, y0, t, n, "mali"), 1e-5
+        )
+    # The first count is specialized, the second makes it symbolic, later ones reuse that graph.
+    assert counter.frame_count == 2
+
+
+def test_compiled_model_with_an_ode_block_trains_like_eager() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), ODEBlock(Field(), n_steps=6), nn.Linear(2, 1))
+    x = torch.randn(10, 3)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out_c = compiled(x)
+    out_c.sum().backward()
+    g_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_e = model(x)
+    out_e.sum().backward()
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+    for a, p in zip(g_c, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_monitor_receives_the_error_under_compile() -> None:
+    field = Field()
+    monitor = DriftMonitor()
+    y0 = torch.randn(8, 2, requires_grad=True)
+
+    def solve(y0):
+        return odeint(field, y0, torch.tensor([0.0, 1.0]), n_steps=10, monitor=monitor)
+
+    torch.compile(solve, backend="aot_eager", fullgraph=True)(y0)[-1].sum().backward()
+    assert monitor.error is not None and 0 <= monitor.error.item() < 1e-4
+
+
+def test_adaptive_solve_under_compile_is_refused_clearly() -> None:
+    field = Field()
+
+    def solve(y0):
+        return odeint(field, y0, torch.tensor([0.0, 1.0]))
+
+    with pytest.raises(Exception, match="adaptive solves do not run under torch.compile"):
+        torch.compile(solve, backend="aot_eager", fullgraph=True)(torch.randn(4, 2))
