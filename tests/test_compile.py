@@ -112,5 +112,5 @@ def test_adaptive_solve_under_compile_is_refused_clearly() -> None:
     def solve(y0):
         return odeint(field, y0, torch.tensor([0.0, 1.0]))
 
-    with pytest.raises(Exception, match="adaptive solves do not run under torch.compile"):
+    with pytest.raises(Exception, match=r"adaptive solves do not run under torch\.compile"):
         torch.compile(solve, backend="aot_eager", fullgraph=True)(torch.randn(4, 2))
