@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/digits_classifier.py $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mali_func export tests examples benchmarks

@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("mode", ["--no-compile"])
-def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", [[], ["--no-compile"]], ids=["compiled", "eager"])
+def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "examples/digits_classifier.py", "--fast", mode, "--out", str(tmp_path)],
+        [sys.executable, "examples/digits_classifier.py", "--fast", *mode, "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
