@@ -238,7 +238,9 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> Path:
 
 def summary_budget(runs: Sequence[dict[str, Any]], quick: bool) -> int:
     """:data:`BUDGET`, or in a quick run (few, small points) the largest count measured."""
-    return max(p.get("evals", 0) for d in runs for p in d["points"]) if quick else BUDGET
+    if not quick:
+        return BUDGET
+    return max((p.get("evals", 0) for d in runs for p in d["points"]), default=0)
 
 
 def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:

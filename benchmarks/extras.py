@@ -2,13 +2,31 @@
 
 Each row is a :class:`Row` in :data:`ROWS`; a row whose ``measure`` is ``None`` is a hook for a
 later comparison and is listed as pending. ``measure(quick)`` runs in a fresh process and returns
-``{"setting", "baseline_s", "candidate_s", "check"}``; the speedup is ``baseline_s /
-candidate_s``. To add a row, write its ``measure`` function here and put it in :data:`ROWS`.
+``{"setting", "baseline_s", "candidate_s", "check"}`` (and any raw figures beside them); the
+speedup is ``baseline_s / candidate_s``. To add a row, write its ``measure`` function here and put
+it in :data:`ROWS`.
 
-Measured now: per-sample gradients of a Neural ODE loss through ``mali_func.odeint`` (MALI),
-``torch.func.vmap(torch.func.grad(loss))`` against a Python loop of per-sample autograd, batch
-64, field ``Linear(64,256)-tanh-Linear(256,64)``, float32, one thread; both timed warm (best of
-three after one warm-up), and their gradients compared.
+Measured now, all float32 on one thread:
+
+* ``vmap``: per-sample gradients of a Neural ODE loss through ``mali_func.odeint`` (MALI),
+  ``torch.func.vmap(torch.func.grad(loss))`` against a Python loop of per-sample autograd, batch
+  64, field ``Linear(64,256)-tanh-Linear(256,64)``; both timed warm (best of three after one
+  warm-up), and their gradients compared.
+* ``compile``, ``compile_steps``, ``compile_cpp``: one MALI training step (forward+backward of
+  ``mean(z(1)^2)``, ``t`` in [0, 1]), field ``Linear(2,64)-tanh-Linear(64,2)``, batch 256, under
+  ``torch.compile(fullgraph=True)`` with the default inductor backend against eager. Each
+  process compiles into an empty inductor cache of its own, so *compile time* is cold: the wall
+  time of the first compiled call (tracing, compiling forward and backward, and running that one
+  step). Step times are the best of several warm steps. ``compile`` also counts the graphs
+  compiled when ``n_steps`` changes (the second value makes it symbolic, later ones reuse that
+  graph); ``compile_steps`` compiles at 20 and at 400 steps, each in a fresh process, since the
+  solver's ``while_loop`` should make compile time independent of the step count;
+  ``compile_cpp`` adds ``options={"cpp_wrapper": True}``.
+* ``onnxruntime``, ``onnxruntime_256``: inference of the digits classifier
+  (``examples/digits_parts.DigitsModel``, untrained, 6 steps) exported with
+  ``mali_func.export.to_onnx``, onnxruntime (``CPUExecutionProvider``, one intra-op thread)
+  against torch eager (``no_grad``, eval), median latency of repeated calls, and the largest
+  difference between their outputs.
 
     python benchmarks/extras.py [--quick] [--out benchmarks/results]
 """
@@ -17,14 +35,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from _common import RESULTS, CountingField, fmt, md_table, run_child, save_json, timed, write
-from torch import Tensor
+from torch import Tensor, nn
 
 Measure = Callable[[bool], dict[str, Any]]
 
@@ -82,6 +106,188 @@ def _vmap_per_sample(quick: bool) -> dict[str, Any]:
     }
 
 
+class _MLPField(nn.Module):
+    """``f(t, z) = Linear(2,64)-tanh-Linear(64,2)(z)``, without Python side effects.
+
+    A compiled ``while_loop`` body may not mutate Python state, so not :class:`CountingField`.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+def _training_step(
+    steps: int,
+    options: dict[str, Any] | None = None,
+    new_steps: Sequence[int] = (),
+    repeats: int = 10,
+) -> dict[str, Any]:
+    """Eager and compiled MALI training steps in this process, compiled into an empty cache.
+
+    Returns the best eager and compiled step times, the first compiled call's wall time, the
+    largest gradient difference, and how many graphs each later value in ``new_steps`` compiled.
+    """
+    import mali_func
+
+    cache = tempfile.mkdtemp(prefix="inductor-cache-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile; also no dynamo PGO profile
+    try:
+        from torch._dynamo.utils import counters
+
+        torch.set_num_threads(1)
+        field = _MLPField()
+        torch.manual_seed(1)
+        y0 = torch.randn(256, 2)
+        t = torch.tensor([0.0, 1.0])
+
+        def loss(y: Tensor, n: int) -> Tensor:
+            return mali_func.odeint(field, y, t, n_steps=n, gradient="mali")[-1].pow(2).mean()
+
+        compiled = torch.compile(loss, fullgraph=True, options=options)
+
+        def step(fn: Callable[[Tensor, int], Tensor], n: int) -> list[Tensor]:
+            for p in field.parameters():
+                p.grad = None
+            fn(y0, n).backward()
+            return [p.grad for p in field.parameters() if p.grad is not None]
+
+        step(loss, steps)  # warm-up
+        eager_s = min(timed(lambda: step(loss, steps)) for _ in range(repeats))
+        reference = step(loss, steps)
+        first_s = timed(lambda: step(compiled, steps))
+        graphs = counters["stats"]["unique_graphs"]
+        err = max(
+            float((a - b).abs().max() / b.abs().max())
+            for a, b in zip(step(compiled, steps), reference, strict=True)
+        )
+        compiled_s = min(timed(lambda: step(compiled, steps)) for _ in range(repeats))
+        recompiles, recompile_s = [], []
+        for n in new_steps:
+            before = counters["stats"]["unique_graphs"]
+            recompile_s.append(timed(lambda n=n: step(compiled, n)))
+            recompiles.append(counters["stats"]["unique_graphs"] - before)
+        return {
+            "steps": steps,
+            "eager_s": eager_s,
+            "compiled_s": compiled_s,
+            "first_call_s": first_s,
+            "graphs": graphs,
+            "grad_rel_diff": err,
+            "new_steps": list(new_steps),
+            "recompiles": recompiles,
+            "new_steps_first_call_s": recompile_s,
+        }
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+SETTING = "MLP 2-64-2, batch 256, float32"
+
+
+def _compile_vs_eager(quick: bool) -> dict[str, Any]:
+    steps = 5 if quick else 20
+    new = (steps + 1, 2 * steps - 3, 20 * steps)
+    r = _training_step(steps, new_steps=new)
+    counts = ", ".join(f"{c} at {n}" for n, c in zip(new, r["recompiles"]))
+    return {
+        "setting": f"{SETTING}, {steps} steps, best of 10",
+        "baseline_s": r["eager_s"],
+        "candidate_s": r["compiled_s"],
+        "check": f"gradients differ by {r['grad_rel_diff']:.1e} (relative);"
+        f" graphs compiled for a new n_steps: {counts}"
+        f" (the first made n_steps symbolic: {r['new_steps_first_call_s'][0]:.1f} s)",
+        **r,
+    }
+
+
+def _compile_only(point: dict[str, Any]) -> float:
+    """The first compiled call's wall time less one warm compiled step."""
+    return point["first_call_s"] - point["compiled_s"]
+
+
+def _compile_steps(quick: bool) -> dict[str, Any]:
+    few, many = 20, 400  # also with --quick: compile time, the cost here, does not depend on it
+    points = {n: run_child(Path(__file__), ["compile-point", str(n)]) for n in (few, many)}
+    if any(p is None for p in points.values()):
+        raise RuntimeError(f"a compile point failed: {points}")
+    a, b = points[few], points[many]
+    return {
+        "setting": f"{SETTING}, cold cache, first call's wall time",
+        "baseline_s": b["first_call_s"],
+        "candidate_s": a["first_call_s"],
+        "check": f"ratio {many} / {few} steps {b['first_call_s'] / a['first_call_s']:.2f}"
+        f" ({_compile_only(b) / _compile_only(a):.2f} less the warm step);"
+        f" warm step at {many} steps {b['compiled_s']:.3f} s compiled, {b['eager_s']:.3f} s eager",
+        "points": points,
+    }
+
+
+def _compile_cpp(quick: bool) -> dict[str, Any]:
+    steps = 5 if quick else 20
+    r = _training_step(steps, options={"cpp_wrapper": True})
+    return {
+        "setting": f"{SETTING}, {steps} steps, best of 10",
+        "baseline_s": r["eager_s"],
+        "candidate_s": r["compiled_s"],
+        "check": f"gradients differ by {r['grad_rel_diff']:.1e} (relative);"
+        f" first call {r['first_call_s']:.1f} s (cold cache)",
+        **r,
+    }
+
+
+def _onnx_latency(quick: bool, batch: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from mali_func.export import to_onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from digits_parts import DigitsModel, load_digits_split
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = DigitsModel(n_steps=6).eval()
+    x = load_digits_split()["x_test"][:batch]
+    repeats = (50 if quick else 200) if batch == 1 else (5 if quick else 30)
+
+    def median(fn: Callable[[], object]) -> float:
+        for _ in range(3):
+            fn()
+        return statistics.median(timed(fn) for _ in range(repeats))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "digits.onnx"
+        report = to_onnx(model, (x[:1],), path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        with torch.no_grad():
+            ref = model(x)
+            out = torch.from_numpy(session.run(None, feed)[0])
+            err = float((out - ref).abs().max() / ref.abs().max())
+            torch_s = median(lambda: model(x))
+            ort_s = median(lambda: session.run(None, feed))
+    return {
+        "setting": f"digits model (untrained), 6 steps, batch {batch}, float32,"
+        f" median of {repeats}",
+        "baseline_s": torch_s,
+        "candidate_s": ort_s,
+        "check": f"max difference {err:.1e} (relative to the largest output);"
+        f" {report.file_bytes / 1024:.0f} KiB file, {report.loops} loop node",
+        "batch": batch,
+        "export_s": report.export_seconds,
+    }
+
+
+POINTS: dict[str, Callable[[int], dict[str, Any]]] = {"compile-point": _training_step}
+"""Helpers that a row's ``measure`` runs in fresh processes of their own: ``--child NAME ARG``."""
+
+
 ROWS: dict[str, Row] = {
     "vmap": Row(
         "per-sample gradients through odeint (MALI)",
@@ -89,8 +295,25 @@ ROWS: dict[str, Row] = {
         "torch.func.vmap(torch.func.grad(loss))",
         _vmap_per_sample,
     ),
-    "compile": Row("training step", "eager", "torch.compile"),
-    "onnxruntime": Row("forward solve, exported to ONNX", "torch eager", "onnxruntime"),
+    "compile": Row("MALI training step", "eager", "torch.compile", _compile_vs_eager),
+    "compile_steps": Row(
+        "torch.compile time of a MALI training step", "400 steps", "20 steps", _compile_steps
+    ),
+    "compile_cpp": Row(
+        "MALI training step", "eager", 'torch.compile(options={"cpp_wrapper": True})', _compile_cpp
+    ),
+    "onnxruntime": Row(
+        "digits classifier inference, exported to ONNX",
+        "torch eager",
+        "onnxruntime",
+        partial(_onnx_latency, batch=1),
+    ),
+    "onnxruntime_256": Row(
+        "digits classifier inference, exported to ONNX",
+        "torch eager",
+        "onnxruntime",
+        partial(_onnx_latency, batch=256),
+    ),
 }
 
 
@@ -118,7 +341,7 @@ def table(results: dict[str, dict[str, Any] | None], pending: bool = True) -> st
             continue
         speedup = r["baseline_s"] / r["candidate_s"]
         rows.append(
-            [what, r["setting"], fmt(r["baseline_s"], ".3f"), fmt(r["candidate_s"], ".3f"),
+            [what, r["setting"], fmt(r["baseline_s"], ".3g"), fmt(r["candidate_s"], ".3g"),
              f"{speedup:.1f}x", r["check"]]
         )  # fmt: skip
     headers = ["comparison", "setting", "baseline s", "candidate s", "speedup", "check"]
@@ -127,13 +350,17 @@ def table(results: dict[str, dict[str, Any] | None], pending: bool = True) -> st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 steps instead of 20")
+    parser.add_argument("--quick", action="store_true", help="5 steps instead of 20, fewer repeats")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.child:
-        measure = ROWS[ns.child].measure
-        assert measure is not None, f"row {ns.child} has nothing to measure yet"
+        key, *args = ns.child
+        if key in POINTS:
+            print(json.dumps(POINTS[key](*map(int, args))))
+            return
+        measure = ROWS[key].measure
+        assert measure is not None, f"row {key} has nothing to measure yet"
         print(json.dumps(measure(ns.quick)))
         return
     run(ns.out, ns.quick)

@@ -118,6 +118,42 @@ def _figures(scaling: Results, runs: Sequence[dict[str, Any]], n_max: int) -> li
     return out
 
 
+def _extras_figures(heads: dict[str, Any]) -> list[str]:
+    """Sentences on the torch.compile and ONNX rows, read from the results (those present)."""
+    out = []
+    steps = (heads.get("compile_steps") or {}).get("points") or {}
+    if steps:
+        few, many = (steps[k] for k in sorted(steps, key=int))
+        ratio = many["first_call_s"] / few["first_call_s"]
+        verdict = (
+            "compile time does not grow with the steps (the solver is one `while_loop`)"
+            if ratio <= 1.5
+            else "compile time grows with the steps"
+        )
+        out.append(
+            f"torch.compile (inductor, `fullgraph=True`): the first compiled MALI training step"
+            f" takes {few['first_call_s']:.1f} s at {few['steps']} steps and"
+            f" {many['first_call_s']:.1f} s at {many['steps']} ({ratio:.2f}x) with an empty"
+            f" inductor cache: {verdict}."
+        )
+    r = heads.get("compile")
+    if r and r.get("recompiles"):
+        counts = ", ".join(f"{c} at {n}" for n, c in zip(r["new_steps"], r["recompiles"]))
+        out.append(
+            f"Graphs compiled when `n_steps` changes after {r['steps']}: {counts} (the first new"
+            " value makes `n_steps` symbolic; later ones reuse that graph)."
+        )
+    for key in ("onnxruntime", "onnxruntime_256"):
+        r = heads.get(key)
+        if r:
+            out.append(
+                f"ONNX, batch {r['batch']}: onnxruntime"
+                f" {r['candidate_s'] * 1e3:.3g} ms, torch eager {r['baseline_s'] * 1e3:.3g} ms"
+                f" ({r['baseline_s'] / r['candidate_s']:.1f}x)."
+            )
+    return out
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -161,10 +197,17 @@ def readme_section(
         " `z(0)` and all parameters against torchdiffeq dopri5 at rtol = atol = 1e-12 in float64"
         " with backprop; the best error of each method using at most"
         f" {budget} field evaluations (forward and backward calls both count).",
+        "Head-to-head rows: each in a fresh process. torch.compile: a MALI training step of"
+        " `f = Linear(2,64)-tanh-Linear(64,2)`, batch 256, with the default inductor backend;"
+        " compile time is the wall time of the first compiled call (compiling forward and"
+        " backward, then running that step) with an empty inductor cache. ONNX: the digits"
+        " classifier of `examples/digits_parts.py` (untrained weights, 6 steps) exported with"
+        " `mali_func.export.to_onnx`, onnxruntime's CPU provider with one intra-op thread"
+        " against torch eager under `no_grad`.",
         "",
         readme_table(scaling, runs, vmap, budget),
         "",
-        *(f"- {s}" for s in _figures(scaling, runs, n_max)),
+        *(f"- {s}" for s in [*_figures(scaling, runs, n_max), *_extras_figures(vmap)]),
         "",
         f"![peak memory]({where}/memory.png)",
         f"![time per training step]({where}/time.png)",
