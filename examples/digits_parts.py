@@ -132,7 +132,10 @@ def export_and_compare(
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # One thread on both sides: like for like, and least disturbed by a busy machine.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     rows = [("ONNX file", f"{path} ({path.stat().st_size / 1024:.0f} KiB)")]
     x_all = data["x_test"]
@@ -142,6 +145,8 @@ def export_and_compare(
     err = ((out - ref).abs().max() / ref.abs().max()).item()
     agree = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
     rows.append(("onnxruntime vs torch", f"max rel. error {err:.1e}, same class {agree:.4f}"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for batch in (1, 256):
         x = x_all[:batch]
         t_torch = _latency(lambda x=x: model(x))
@@ -149,11 +154,12 @@ def export_and_compare(
         t_ort = _latency(lambda feed=feed: session.run(None, feed))
         rows.append(
             (
-                f"latency batch {batch}",
+                f"latency batch {batch}, 1 thread",
                 f"torch {t_torch * 1e3:.2f} ms, onnxruntime "
                 f"{t_ort * 1e3:.2f} ms ({t_torch / t_ort:.1f}x)",
             )
         )
+    torch.set_num_threads(threads)
     del report
     return rows
 
