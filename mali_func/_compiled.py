@@ -14,13 +14,15 @@ loop runs the ``n`` equal steps (with one interval, the outer loop is left out).
   with the scheme's inverse and pulls the cotangent back through the step
   (:meth:`ReversibleScheme.reverse` with :func:`torch.func.vjp`: one field evaluation and one VJP
   per ALF step). Nothing is stored per step, so memory is constant in the number of steps.
-* ``gradient="backprop"``: the same loops, differentiated by ``while_loop``'s own autograd, which
-  stores every step's carries (memory linear in the steps, as in eager backprop).
+* ``gradient="backprop"`` is not offered here: ``while_loop``'s own autograd in torch 2.13 gives
+  wrong gradients when one carry feeds another across iterations (a ``(z, logp)`` state, or ALF's
+  own ``z``/``v`` coupling), so :func:`mali_func.odeint` compiles backprop as the plain (unrolled)
+  loop instead.
 
 Two workarounds for torch 2.13 (CPU):
 
 * Inductor lowers a ``while_loop`` inside a backward graph with the *outer* graph's donated-buffer
-  indices applied to the loop body's inputs (pytorch/pytorch#192840), so the body may overwrite a
+  indices applied to the loop body's inputs, so the body may overwrite a
   buffer that is still live and gradients come out silently wrong. Importing this module turns
   ``torch._functorch.config.donated_buffer`` off; :func:`odeint_loop` refuses to trace while it is
   on.
@@ -216,7 +218,7 @@ def odeint_loop(
         params: the tensors the field reads; gradients are returned for them.
         n_steps: steps per interval: an ``int``, a ``SymInt`` or a 0-dim integer tensor.
         n_out: how many leading state components are the solution (recorded at every ``t_i``).
-        gradient: ``"mali"`` (constant memory) or ``"backprop"`` (``while_loop``'s autograd).
+        gradient: must be ``"mali"`` (see the module docs).
         probe: a :class:`~mali_func.DriftMonitor` leaf that receives the reconstruction error.
 
     Returns:
@@ -225,14 +227,17 @@ def odeint_loop(
     if torch.compiler.is_compiling() and functorch_config.donated_buffer:
         raise RuntimeError(
             "set torch._functorch.config.donated_buffer = False before compiling odeint: "
-            "inductor in this torch corrupts while_loop gradients otherwise (pytorch#192840)"
+            "inductor in this torch corrupts while_loop gradients otherwise"
         )
     if gradient == "backprop":
-
-        def fenced(t_: Tensor, y: State, p: Params) -> State:
-            return field(t_, tuple(map(_fence, y)), tuple(map(_fence, p)))
-
-        trajs, final = _forward(scheme, fenced, t, n_steps, state0, params, n_out)
+        raise ValueError(
+            "odeint_loop differentiates with MALI only: while_loop's own autograd gives wrong "
+            "gradients in torch 2.13 when one carry feeds another (e.g. (z, logp) states)"
+        )
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in (t, *state0, *params)):
+        # Inference: the forward loop alone (the autograd.Function is not needed, and dynamo
+        # fails to bind it when nothing requires grad).
+        trajs, final = _forward(scheme, field, t, n_steps, state0, params, n_out)
         return trajs, final[n_out:]
     if isinstance(n_steps, Tensor):
         n = n_steps.to(device=t.device, dtype=torch.int64).reshape(())

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ._adaptive import AdaptiveChain, replay, solve_adaptive
 from ._checks import check_adaptive, check_options, check_steps, check_t, check_y0, is_concrete
 from ._compiled import odeint_loop
+from ._compiled_adaptive import adaptive_loop
 from ._controller import SolveStats, Tolerances, run_controller
 from ._drift import DriftMonitor
 from ._engine import Chain, integrate, solve_reversible
@@ -124,11 +125,12 @@ def odeint(
     if steps is None and torch.compiler.is_exporting():
         raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
     if steps is None and torch.compiler.is_compiling():
-        raise ValueError(
-            "adaptive solves do not run under torch.compile yet: pass n_steps (a new value does "
-            "not recompile) or call odeint outside the compiled region"
+        # The controller and the MALI backward as while_loops: no host sync, no graph break.
+        tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
+        trajectories, solve_stats = adaptive_loop(
+            scheme, bound.field, t, start, bound.params, n_out, tol, gradient=gradient, probe=probe
         )
-    if steps is None:
+    elif steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
         trajectories, solve_stats = _solve_adaptive(
             scheme,
@@ -175,7 +177,7 @@ def _solve_fixed(
     if torch.compiler.is_exporting():
         # Export captures the forward only: one scan loop, no gradient machinery.
         return integrate_scan(scheme, field, t, start, params, steps, n_out)[0]
-    if torch.compiler.is_compiling() and all(s == steps[0] for s in steps):
+    if gradient == "mali" and torch.compiler.is_compiling() and all(s == steps[0] for s in steps):
         # Loops that torch.compile keeps as loops: compile time does not grow with the steps.
         # (Comparing, not hashing, the counts keeps n_steps symbolic: no recompiles.)
         loop = odeint_loop(
@@ -215,8 +217,10 @@ def _solve_adaptive(
                 scheme, field, t, start, params, n_out, tol, eager=eager
             )
         outputs = replay(scheme, field, t, start, params, records, n_out)
-        nan = torch.full_like(outputs[0][:1], float("nan"))
-        return tuple(torch.where(solve_stats.failed, nan, o) for o in outputs), solve_stats
+        failed = solve_stats.failed
+        return tuple(torch.where(failed, torch.full_like(o, float("nan")), o) for o in outputs), (
+            solve_stats
+        )
     chain = AdaptiveChain(
         scheme=scheme,
         field=field,

@@ -136,3 +136,18 @@ def test_failure_under_vmap_gives_nan_and_a_flag() -> None:
     ys, stats = torch.func.vmap(solve)(y0)  # the first sample's field turns NaN near t = 0.1
     assert stats.failed.tolist() == [True, False]
     assert torch.isnan(ys[0, -1]).all() and torch.isfinite(ys[1]).all()
+
+
+def test_backprop_tuple_state_with_different_shapes() -> None:
+    def f(t, state):
+        z, _ = state
+        return -z, -(z**2).sum(-1)
+
+    z0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    l0 = torch.zeros(3, dtype=F64)
+    out = {}
+    for gradient in ("mali", "backprop"):
+        zs, ls = odeint(f, (z0, l0), [0.0, 1.0], rtol=1e-6, atol=1e-8, gradient=gradient)
+        assert zs.shape == (2, 3, 2) and ls.shape == (2, 3)
+        out[gradient] = torch.autograd.grad(zs[-1].sum() + ls[-1].sum(), z0)[0]
+    torch.testing.assert_close(out["mali"], out["backprop"], rtol=1e-8, atol=1e-10)

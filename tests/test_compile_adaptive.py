@@ -1,0 +1,188 @@
+"""Adaptive solves under torch.compile(fullgraph=True): compiled equals eager, failures are NaN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+from mali_func import DriftMonitor, odeint
+
+F64 = torch.float64
+
+
+class Field(nn.Module):
+    """A time-dependent MLP field without Python side effects (loop bodies may have none)."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16, dtype: torch.dtype = F64) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(dim, hidden, dtype=dtype)
+        self.l2 = nn.Linear(hidden, dim, dtype=dtype)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.tanh(self.l1(y)) * torch.cos(t))
+
+
+def make_loss(field: nn.Module, gradient: str, **options):
+    def loss_fn(y0: torch.Tensor, t: torch.Tensor):
+        ys, stats = odeint(field, y0, t, gradient=gradient, stats=True, **options)
+        return ys.pow(2).mean() + ys[1].sin().sum(), ys, stats
+
+    return loss_fn
+
+
+def run(fn, field: nn.Module, y0: torch.Tensor, t: torch.Tensor):
+    y0 = y0.clone().requires_grad_()
+    t = t.clone().requires_grad_()
+    loss, ys, stats = fn(y0, t)
+    grads = torch.autograd.grad(loss, [y0, t, *field.parameters()])
+    return (loss.detach(), ys.detach(), *grads), stats
+
+
+def assert_close_all(a, b, rtol: float) -> None:
+    for x, y in zip(a, b, strict=True):
+        scale = y.abs().max().clamp_min(1e-12)
+        assert ((x - y).abs().max() / scale).item() < rtol
+
+
+def assert_same_stats(a, b) -> None:
+    assert [s.item() for s in a] == [s.item() for s in b]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("gradient", ["mali", "backprop"])
+@pytest.mark.parametrize("times", [[0.0, 0.4, 1.0, 1.7], [1.5, 0.2]])
+def test_compiled_equals_eager_float64(gradient: str, times: list[float]) -> None:
+    field = Field()
+    y0, t = torch.randn(8, 2, dtype=F64), torch.tensor(times, dtype=F64)
+    loss_fn = make_loss(field, gradient, rtol=1e-6, atol=1e-7)
+    ref, ref_stats = run(loss_fn, field, y0, t)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out, stats = run(compiled, field, y0, t)
+    # Under compile "backprop" takes the MALI reverse loop: equal up to reconstruction round-off.
+    assert_close_all(out, ref, rtol=1e-10 if gradient == "mali" else 1e-8)
+    assert_same_stats(stats, ref_stats)
+    assert stats.n_accepted.item() > 20
+
+
+class CNF(nn.Module):
+    """A ``(z, logp)`` field: ``logp`` feeds nothing back (while_loop's autograd errs here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.field = Field()
+
+    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
+        dz = self.field(t, y[0])
+        return dz, -(dz * y[0]).sum(-1)
+
+
+@pytest.mark.parametrize("gradient", ["mali", "backprop"])
+def test_tuple_state_compiled_equals_eager(gradient: str) -> None:
+    field = CNF()
+    y0, t = torch.randn(8, 2, dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+
+    def loss_fn(z0: torch.Tensor, t: torch.Tensor, gradient: str):
+        y0 = (z0, torch.zeros(z0.shape[0], dtype=F64))
+        (zs, lps), stats = odeint(field, y0, t, gradient=gradient, rtol=1e-6, stats=True)
+        return zs.pow(2).mean() + lps[1].sum() + lps[-1].mean(), zs, stats
+
+    ref, ref_stats = run(lambda z, t: loss_fn(z, t, "mali"), field, y0, t)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out, stats = run(lambda z, t: compiled(z, t, gradient), field, y0, t)
+    assert_close_all(out, ref, rtol=1e-10)
+    assert_same_stats(stats, ref_stats)
+
+
+def test_compiled_equals_eager_float32() -> None:
+    field = Field(dtype=torch.float32)
+    y0, t = torch.randn(16, 2), torch.tensor([0.0, 0.5, 1.0])
+    loss_fn = make_loss(field, "mali", rtol=1e-4, atol=1e-5)
+    ref, ref_stats = run(loss_fn, field, y0, t)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out, stats = run(compiled, field, y0, t)
+    assert_close_all(out, ref, rtol=1e-5)
+    assert_same_stats(stats, ref_stats)
+
+
+def test_compiled_equals_eager_inductor() -> None:
+    field = Field()
+    y0, t = torch.randn(8, 2, dtype=F64), torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    loss_fn = make_loss(field, "mali", rtol=1e-5, atol=1e-6)
+    ref, ref_stats = run(loss_fn, field, y0, t)
+    out, stats = run(torch.compile(loss_fn, fullgraph=True), field, y0, t)
+    assert_close_all(out, ref, rtol=1e-9)
+    assert_same_stats(stats, ref_stats)
+
+
+def test_exceeding_max_steps_gives_nan_and_a_flag_under_compile() -> None:
+    field = Field()
+    y0, t = torch.randn(4, 2, dtype=F64), torch.tensor([0.0, 1.0, 5.0], dtype=F64)
+
+    def solve(y0: torch.Tensor):
+        return odeint(field, y0, t, rtol=1e-9, atol=1e-9, max_steps=20, stats=True)
+
+    ys, stats = torch.compile(solve, backend="aot_eager", fullgraph=True)(y0)
+    assert stats.failed.item()
+    assert stats.n_accepted.item() + stats.n_rejected.item() == 20
+    assert torch.isnan(ys).all()
+    with pytest.raises(RuntimeError, match="max_steps=20"):
+        solve(y0)
+
+
+def test_step_size_underflow_gives_nan_and_a_flag_without_grad() -> None:
+    def solve(y0: torch.Tensor):
+        t = torch.tensor([0.0, 2.0], dtype=F64)
+        return odeint(lambda t, y: y * torch.sqrt(1 - t), y0, t, stats=True)  # NaN beyond t = 1
+
+    ys, stats = torch.compile(solve, backend="aot_eager", fullgraph=True)(torch.ones(1, dtype=F64))
+    assert stats.failed.item() and torch.isnan(ys).all()
+
+
+def test_inference_under_no_grad() -> None:
+    field = Field()
+    y0, t = torch.randn(4, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+
+    def solve(y0: torch.Tensor) -> torch.Tensor:
+        return odeint(field, y0, t, rtol=1e-5)
+
+    with torch.no_grad():
+        out = torch.compile(solve, backend="aot_eager", fullgraph=True)(y0)
+        torch.testing.assert_close(out, solve(y0), rtol=1e-12, atol=1e-12)
+
+
+def test_monitor_receives_the_error_under_compile() -> None:
+    field = Field()
+    monitor = DriftMonitor(dtype=F64)
+    y0 = torch.randn(8, 2, dtype=F64, requires_grad=True)
+
+    def solve(y0: torch.Tensor) -> torch.Tensor:
+        return odeint(field, y0, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-5, monitor=monitor)
+
+    torch.compile(solve, backend="aot_eager", fullgraph=True)(y0)[-1].sum().backward()
+    assert monitor.error is not None and 0 <= monitor.error.item() < 1e-8
+
+
+def test_one_loop_each_way_and_no_host_sync() -> None:
+    field = Field()
+    backend = AotEagerAndRecordGraphs()
+    y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64, requires_grad=True)
+
+    def loss(y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return odeint(field, y0, t, rtol=1e-4).pow(2).sum()
+
+    torch.compile(loss, backend=backend, fullgraph=True)(y0, t).backward()
+    for graphs in (backend.fw_graphs, backend.bw_graphs):
+        (graph,) = graphs
+        code = graph.print_readable(print_output=False)
+        assert code.count("torch.ops.higher_order.while_loop(") == 1
+        assert "_local_scalar_dense" not in code
