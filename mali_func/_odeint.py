@@ -122,28 +122,38 @@ def odeint(
         check_output(bound.field(t[0], state, bound.params), state)
     n_out = len(state)
     probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
-    if steps is None and torch.compiler.is_exporting():
-        raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
-    if steps is None and torch.compiler.is_compiling():
-        # The controller and the MALI backward as while_loops: no host sync, no graph break.
+    if steps is None:
+        if torch.compiler.is_exporting():
+            raise ValueError(
+                "export needs a fixed grid: pass n_steps (adaptive solves do not export)"
+            )
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
-        trajectories, solve_stats = adaptive_loop(
-            scheme, bound.field, t, start, bound.params, n_out, tol, gradient=gradient, probe=probe
-        )
-    elif steps is None:
-        tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
-        trajectories, solve_stats = _solve_adaptive(
-            scheme,
-            bound.field,
-            t,
-            start,
-            bound.params,
-            n_out,
-            tol,
-            gradient,
-            reconstruction_tol,
-            probe,
-        )
+        if torch.compiler.is_compiling():
+            # The controller and the MALI backward as while_loops: no host sync, no graph break.
+            trajectories, solve_stats = adaptive_loop(
+                scheme,
+                bound.field,
+                t,
+                start,
+                bound.params,
+                n_out,
+                tol,
+                gradient=gradient,
+                probe=probe,
+            )
+        else:
+            trajectories, solve_stats = _solve_adaptive(
+                scheme,
+                bound.field,
+                t,
+                start,
+                bound.params,
+                n_out,
+                tol,
+                gradient,
+                reconstruction_tol,
+                probe,
+            )
     else:
         trajectories = _solve_fixed(
             scheme,
