@@ -33,7 +33,7 @@ from torch import Tensor
 from torch._higher_order_ops import while_loop
 
 from ._compiled import _at, _vjp
-from ._controller import SolveStats, Tolerances, _Carry, _iterate, initial_step, interval_times
+from ._controller import SolveStats, Tolerances, _Carry, _iterate, initial_carry, interval_times
 from ._drift import reconstruction_error
 from .solvers import Field, Params, ReversibleScheme, State
 
@@ -55,13 +55,8 @@ def _control(
 ) -> tuple[State, State, tuple[Tensor, ...], Tensor, SolveStats]:
     """Outputs at every ``t_i``, the final state, the records, their count and the stats."""
     ns, m, size = len(state), t.shape[0] - 1, tol.max_steps + 1
-    y0 = state[:n_out]
-    f0 = field(t[0], y0, params)
-    hmag = initial_step(field, t[0], y0, f0, params, tol).abs()
-    nan = float("nan")
-    outputs = tuple(
-        torch.cat([y.unsqueeze(0), torch.full_like(y, nan).expand(m + 1, *y.shape)]) for y in y0
-    )
+    start = initial_carry(field, t, state, params, n_out, tol)
+    outputs = start.outputs
 
     def filled(value: float, dtype: torch.dtype, *shape: int) -> Tensor:
         return torch.full(shape, value, dtype=dtype, device=t.device)
@@ -69,8 +64,7 @@ def _control(
     i64, f, b = torch.int64, t.dtype, torch.bool
     records = (filled(0, i64, size), filled(0, f, size), filled(0, f, size), filled(0, b, size))
     # interval, c, hmag, rejected_last and the stats, as in _Carry.
-    scalars = (filled(0, i64), filled(0, f), hmag, filled(0, b), filled(2, i64))
-    scalars += (filled(0, i64), filled(0, i64), filled(0, b))
+    scalars = (start.interval, start.c, start.hmag, start.rejected_last, *start.stats)
     # Carried values must not alias each other or what the bodies capture.
     init = tuple(x.clone() for x in (*state, *outputs, *scalars, *records))
     n_o = len(outputs)
@@ -97,7 +91,8 @@ def _control(
     carry = unpack(res)
     stats = carry.stats._replace(failed=carry.stats.failed | (carry.interval < m))
     trajs = tuple(
-        torch.where(stats.failed, torch.full_like(o[:-1], nan), o[:-1]) for o in carry.outputs
+        torch.where(stats.failed, torch.full_like(o[:-1], float("nan")), o[:-1])
+        for o in carry.outputs
     )
     return trajs, carry.state, tuple(res[ns + n_o + 8 :]), stats.n_accepted, stats
 

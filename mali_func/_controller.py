@@ -176,6 +176,30 @@ def _iterate(
     return new_carry, (i, carry.c, theta, ok, ends)
 
 
+def initial_carry(
+    field: Field, t: Tensor, state: State, params: Params, n_out: int, tol: Tolerances
+) -> _Carry:
+    """The controller's start: first step size, outputs (``y0``, then NaN rows, then a spare
+    row for steps that end no interval), zero counters (two field evaluations already made)."""
+    m = t.shape[0] - 1
+    y0 = state[:n_out]
+    f0 = field(t[0], y0, params)
+    hmag = initial_step(field, t[0], y0, f0, params, tol).abs()
+    outputs = tuple(
+        torch.cat([y.unsqueeze(0), torch.full((m + 1, *y.shape), float("nan")).to(y)]) for y in y0
+    )
+    zero = torch.zeros((), dtype=torch.long, device=t.device)
+    return _Carry(
+        state=state,
+        outputs=outputs,
+        interval=zero,
+        c=torch.zeros_like(t[0]),
+        hmag=hmag,
+        rejected_last=torch.zeros((), dtype=torch.bool, device=t.device),
+        stats=SolveStats(zero + 2, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
+    )
+
+
 def run_controller(
     scheme: ReversibleScheme,
     field: Field,
@@ -194,22 +218,7 @@ def run_controller(
     host once more. Otherwise a failed solve returns NaN outputs and ``stats.failed``.
     """
     m = t.shape[0] - 1
-    y0 = state[:n_out]
-    f0 = field(t[0], y0, params)
-    hmag = initial_step(field, t[0], y0, f0, params, tol).abs()
-    outputs = tuple(
-        torch.cat([y.unsqueeze(0), torch.full((m + 1, *y.shape), float("nan")).to(y)]) for y in y0
-    )
-    zero = torch.zeros((), dtype=torch.long, device=t.device)
-    carry = _Carry(
-        state=state,
-        outputs=outputs,
-        interval=zero,
-        c=torch.zeros_like(t[0]),
-        hmag=hmag,
-        rejected_last=torch.zeros((), dtype=torch.bool, device=t.device),
-        stats=SolveStats(zero + 2, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
-    )
+    carry = initial_carry(field, t, state, params, n_out, tol)
     entries: list[tuple[Tensor, ...]] = []
     for it in range(1, tol.max_steps + 1):
         carry, entry = _iterate(scheme, field, t, params, n_out, tol, carry)
