@@ -227,10 +227,10 @@ def _solve_adaptive(
                 scheme, field, t, start, params, n_out, tol, eager=eager
             )
         outputs = replay(scheme, field, t, start, params, records, n_out)
-        failed = solve_stats.failed
-        return tuple(torch.where(failed, torch.full_like(o, float("nan")), o) for o in outputs), (
-            solve_stats
+        nan_if_failed = tuple(
+            torch.where(solve_stats.failed, torch.full_like(o, float("nan")), o) for o in outputs
         )
+        return nan_if_failed, solve_stats
     chain = AdaptiveChain(
         scheme=scheme,
         field=field,
