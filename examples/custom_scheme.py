@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import mali_func
-from mali_func.solvers import Field, Params, ReversibleScheme, State
+from mali_func.schemes import Field, Params, ReversibleScheme, State
 
 
 class AdditiveCoupling(ReversibleScheme):

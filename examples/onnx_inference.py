@@ -52,6 +52,21 @@ def run(session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {spec.name: x})
 
 
+def _input(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, session: ort.InferenceSession
+) -> np.ndarray:
+    """The ``--input`` array, or a random one; a bad ``--input`` file is a usage error."""
+    if not args.input:
+        return random_input(session, args.batch, args.seed)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        parser.error(f"--input: cannot read {args.input} as a .npy array: {err}")
+    if not isinstance(x, np.ndarray) or x.ndim == 0:
+        parser.error(f"--input: {args.input} must hold an array with a batch axis")
+    return x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, nargs="?", default=Path("outputs/digits.onnx"))
@@ -64,12 +79,18 @@ def main() -> None:
     if not args.model.is_file():
         parser.error(f"no ONNX file at {args.model}; export one with python -m mali_func.export")
 
-    session = load_session(args.model, args.threads)
-    x = np.load(args.input) if args.input else random_input(session, args.batch, args.seed)
+    try:
+        session = load_session(args.model, args.threads)
+    except Exception as err:  # onnxruntime's errors derive from Exception only
+        parser.error(f"cannot load {args.model} as an ONNX model (truncated or not ONNX?): {err}")
+    x = _input(parser, args, session)
     for spec in session.get_inputs():
         print(f"input   {spec.name}: {spec.type} {spec.shape}")
     start = time.perf_counter()
-    outputs = run(session, x)
+    try:
+        outputs = run(session, x)
+    except Exception as err:
+        parser.error(f"{args.model} cannot run on an input of shape {list(x.shape)}: {err}")
     elapsed = time.perf_counter() - start
     for spec, out in zip(session.get_outputs(), outputs):
         print(f"output  {spec.name}: {out.dtype} {list(out.shape)}")

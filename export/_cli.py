@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ._api import to_onnx
+from ._batch import resized, second_batch
 from ._errors import ExportError
+from ._trace import inference_mode_of
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,19 +76,62 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(factory: Callable[[], Any], weights: Path | None) -> nn.Module:
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:
+        name = getattr(factory, "__qualname__", repr(factory))
+        raise ExportError(f"the factory {name} raised {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise TypeError(f"the factory must return a torch.nn.Module, got {type(model).__name__}")
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"--weights: cannot load {weights}: {err}") from err
         if not isinstance(state, dict):
             raise TypeError(f"{weights} must hold a state_dict, got {type(state).__name__}")
         model.load_state_dict(state)
     return model
 
 
+def _example_error(model: nn.Module, example: Tensor, dynamic_batch: bool) -> str | None:
+    """Why the model cannot run on the example, as a message for ``-s/--input-shape``.
+
+    With a dynamic batch the model must also run at a second batch size built from the example
+    (a shape without its batch axis usually fails there). ``None`` when the model runs.
+    """
+    shape = ",".join(map(str, example.shape))
+    hint = (
+        "the shape must include the batch axis first: if "
+        f"{shape} is the shape of one sample, use -s 1,{shape}"
+    )
+    with inference_mode_of(model):
+        try:
+            model(example)
+        except Exception as err:
+            return (
+                f"the model fails on an example input of shape {shape} "
+                f"({type(err).__name__}: {err}); {hint}"
+            )
+        if not dynamic_batch:
+            return None
+        other = second_batch(example.shape[0])
+        try:
+            model(*resized((example,), other))
+        except Exception as err:
+            return (
+                f"the model runs on shape {shape} but fails when the first axis, the batch "
+                f"axis, is {other} instead of {example.shape[0]} ({type(err).__name__}: {err}); "
+                f"{hint}, or pass --fixed-batch to export this shape only"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 exported and checked, 1 failed)."""
+    """Run the command line; returns the exit status (0 exported and checked, 1 failed).
+
+    Bad arguments, an example shape the model cannot run on included, exit with status 2.
+    """
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.weights is not None and not ns.weights.is_file():
@@ -96,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype = _DTYPES[ns.dtype]
         model.to(dtype)
         example = torch.randn(ns.input_shape, generator=torch.Generator().manual_seed(ns.seed))
+        example = example.to(dtype)
+        problem = _example_error(model, example, dynamic_batch=not ns.fixed_batch)
+        if problem is not None:
+            parser.error(f"argument -s/--input-shape: {problem}")
         report = to_onnx(
             model,
-            (example.to(dtype),),
+            (example,),
             ns.output,
             dynamic_batch=not ns.fixed_batch,
             opset=ns.opset,

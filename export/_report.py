@@ -58,7 +58,8 @@ class ExportReport:
             ``odeint`` call) when the solve exported as a loop.
         total_nodes: nodes including those inside loop bodies.
         input_names, output_names: the graph's inputs and outputs, in order.
-        dynamic_batch: whether the first axis of every input is symbolic (named ``batch``).
+        dynamic_batch: whether the first axis of every input is symbolic in the written file
+            (read back from it, named ``batch``).
         export_seconds: time spent tracing, translating and saving.
         checked: whether the checker and the onnxruntime comparison ran.
         batches: the batch sizes at which onnxruntime was compared with torch.

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
+from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from ._batch import resized, second_batch
 from ._errors import ExportError, ParityError
 
 
@@ -35,19 +36,44 @@ def check_file(path: Path) -> None:
     """Run ``onnx.checker.check_model(full_check=True)``; raise :class:`ExportError` if it fails."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+    except (OSError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"the exported file {path} fails the ONNX checker: {err}") from err
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def load_model(path: Path) -> onnx.ModelProto:
+    """The graph of ``path``, without external weights.
+
+    Raises :class:`ExportError` naming the file if it is missing, truncated or not ONNX.
+    """
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise ExportError(f"cannot read the ONNX file {path}: {err}") from err
+    if not proto.HasField("graph"):
+        raise ExportError(f"the ONNX file {path} holds no graph (empty or truncated?)")
+    return proto
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``path``.
+
+    Raises :class:`ExportError` naming the file if onnxruntime cannot load it (missing,
+    truncated, not ONNX).
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no notes about unused initializers
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's errors derive from Exception only
+        raise ExportError(f"onnxruntime cannot load the ONNX file {path}: {err}") from err
 
 
-def _resized(args: tuple[Tensor, ...], size: int) -> tuple[Tensor, ...]:
-    index = torch.arange(size) % args[0].shape[0]
-    return tuple(a[index.to(a.device)] for a in args)
+def _run(sess: ort.InferenceSession, feed: dict[str, np.ndarray], path: Path) -> list:
+    try:
+        return sess.run(None, feed)
+    except Exception as err:  # onnxruntime's errors derive from Exception only
+        shapes = ", ".join(f"{name} {list(a.shape)}" for name, a in feed.items())
+        raise ExportError(f"onnxruntime cannot run {path} on inputs {shapes}: {err}") from err
 
 
 def _errors(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -71,21 +97,21 @@ def compare(
 
     Call it inside :func:`mali_func.export._trace.inference_mode_of`.
     """
-    session = _session(path)
-    names = [i.name for i in session.get_inputs()]
+    sess = session(path)
+    names = [i.name for i in sess.get_inputs()]
     if len(names) != len(args):
         raise ExportError(
             f"the exported graph takes {len(names)} inputs but the model was given {len(args)}"
         )
     variants = [args]
     if dynamic_batch:
-        variants.append(_resized(args, 1 if args[0].shape[0] > 1 else 3))
+        variants.append(resized(args, second_batch(args[0].shape[0])))
     worst_abs = worst_rel = 0.0
     for inputs in variants:
         size = inputs[0].shape[0] if inputs[0].ndim else None
         refs = [x for x in tree_leaves(model(*inputs)) if isinstance(x, Tensor)]
         feed = {n: a.detach().cpu().numpy() for n, a in zip(names, inputs)}
-        outs = session.run(None, feed)
+        outs = _run(sess, feed, path)
         if len(outs) != len(refs):
             raise ExportError(f"onnxruntime returned {len(outs)} outputs, torch {len(refs)}")
         for i, (out, ref_t) in enumerate(zip(outs, refs)):

@@ -7,19 +7,16 @@ constant in the number of steps and the gradient is that of the discrete forward
 """
 
 from ._blocks import ODEBlock
-from ._controller import SolveStats
+from ._control import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
-from ._engine import Chain, ReversibleChain
 from ._odeint import odeint
-from .solvers import ALF, ReversibleScheme
+from .schemes import ALF, ReversibleScheme
 
 __all__ = [
     "ALF",
-    "Chain",
     "DriftMonitor",
     "ODEBlock",
     "ReconstructionWarning",
-    "ReversibleChain",
     "ReversibleScheme",
     "SolveStats",
     "odeint",

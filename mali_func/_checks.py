@@ -14,16 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._mode import is_concrete
+from .schemes import ReversibleScheme
+
 GRADIENTS = ("mali", "backprop")
 
 
-def is_concrete(x: Tensor) -> bool:
-    """True for an ordinary eager tensor whose value may be read on the host."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):
-        return False
-    return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)
+def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str) -> None:
+    """Refuse a scheme that lacks a method the solve needs, naming the scheme and the method."""
+    missing = []
+    if adaptive and not scheme.has("step_with_error"):
+        missing.append("step_with_error (adaptive steps; or give n_steps or step_size)")
+    if gradient == "mali" and not (scheme.has("inverse") or scheme.has("reverse")):
+        missing.append("inverse (gradient='mali'; or use gradient='backprop')")
+    if missing:
+        raise ValueError(f"scheme {scheme!r} does not implement {' and '.join(missing)}")
 
 
 def check_y0(y0: Any) -> tuple[tuple[Tensor, ...], bool]:

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ._checks import is_concrete
+from ._mode import is_concrete, tracing
 
 
 class ReconstructionWarning(UserWarning):
@@ -56,7 +56,7 @@ class DriftMonitor:
         if leaf is None:
             leaf = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
             self._probes[key] = leaf
-        if not torch.compiler.is_compiling():
+        if not tracing():
             leaf.grad = None
         self._last = leaf
         return leaf

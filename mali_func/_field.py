@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .solvers import Field, Params, State
+from .schemes import Field, Params, State
 
 
 def _as_state(out: Any, *, tuple_state: bool, n: int) -> State:

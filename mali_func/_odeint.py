@@ -1,6 +1,6 @@
 """``odeint``: solve ``dy/dt = func(t, y)`` on a fixed grid with a reversible scheme.
 
-The default scheme is damped asynchronous leapfrog (:class:`mali_func.solvers.ALF`), and the
+The default scheme is damped asynchronous leapfrog (:class:`mali_func.schemes.ALF`), and the
 default gradient is MALI (Zhuang et al., "MALI: A memory efficient and reverse accurate integrator
 for Neural ODEs", ICLR 2021): the backward pass rebuilds the trajectory by inverting the steps,
 so memory does not grow with the number of steps, while the gradient is the exact gradient of the
@@ -16,16 +16,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ._adaptive import AdaptiveChain, replay, solve_adaptive
-from ._checks import check_adaptive, check_options, check_steps, check_t, check_y0, is_concrete
-from ._compiled import odeint_loop
-from ._compiled_adaptive import adaptive_loop
-from ._controller import SolveStats, Tolerances, run_controller
+from . import _mode
+from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
+from ._control import SolveStats, Tolerances, control
 from ._drift import DriftMonitor
-from ._engine import Chain, integrate, solve_reversible
 from ._field import bind_field, check_no_capture, check_output
-from ._scan import integrate_scan
-from .solvers import ALF, Field, Params, ReversibleScheme, State
+from ._grid import RecordedGrid, UniformGrid
+from ._loops import loops_for
+from ._solve import Spec, forward, solve
+from .schemes import ALF, Field, Params, ReversibleScheme, State
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -65,11 +64,11 @@ def odeint(
         n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
-            adaptively (see :mod:`mali_func._controller`) and land on every ``t[i]``.
+            adaptively (see :mod:`mali_func._control`) and land on every ``t[i]``.
         gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve) or
             ``"backprop"`` (autograd through every step, memory linear in the steps).
         args: extra tensors passed to ``func`` and differentiated.
-        scheme: a :class:`~mali_func.solvers.ReversibleScheme` other than ALF; ``eta`` must then
+        scheme: a :class:`~mali_func.schemes.ReversibleScheme` other than ALF; ``eta`` must then
             stay at its default.
         monitor: a :class:`DriftMonitor` that receives the reconstruction error of the backward.
         reconstruction_tol: warn with :class:`ReconstructionWarning` when the relative
@@ -105,6 +104,7 @@ def odeint(
         raise TypeError(f"scheme must be a ReversibleScheme, got {type(scheme).__name__}")
     elif eta != 1.0:
         raise ValueError("eta configures the default ALF scheme; set it on the scheme instead")
+    check_scheme(scheme, adaptive=steps is None, gradient=gradient)
 
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
     if not isinstance(func, nn.Module):
@@ -120,129 +120,80 @@ def odeint(
     start = scheme.init(field_checked, t[0], state, bound.params)
     if not checked:
         check_output(bound.field(t[0], state, bound.params), state)
-    n_out = len(state)
     probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
+    tol = None
     if steps is None:
-        if torch.compiler.is_exporting():
-            raise ValueError(
-                "export needs a fixed grid: pass n_steps (adaptive solves do not export)"
-            )
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
-        if torch.compiler.is_compiling():
-            # The controller and the MALI backward as while_loops: no host sync, no graph break.
-            trajectories, solve_stats = adaptive_loop(
-                scheme,
-                bound.field,
-                t,
-                start,
-                bound.params,
-                n_out,
-                tol,
-                gradient=gradient,
-                probe=probe,
-            )
-        else:
-            trajectories, solve_stats = _solve_adaptive(
-                scheme,
-                bound.field,
-                t,
-                start,
-                bound.params,
-                n_out,
-                tol,
-                gradient,
-                reconstruction_tol,
-                probe,
-            )
-    else:
-        trajectories = _solve_fixed(
-            scheme,
-            bound.field,
-            t,
-            start,
-            bound.params,
-            n_out,
-            steps,
-            gradient,
-            reconstruction_tol,
-            probe,
-        )
-        solve_stats = _fixed_stats(sum(steps), t)
+    trajectories, solve_stats = _dispatch(
+        _mode.current(), scheme, bound.field, t, start, bound.params, len(state), steps, tol,
+        gradient, reconstruction_tol, probe,
+    )  # fmt: skip
+    if solve_stats is None:
+        assert steps is not None
+        count = torch.tensor(sum(steps), dtype=torch.long, device=t.device)
+        solve_stats = SolveStats(count + 1, count, torch.zeros_like(count), count < 0)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
 
 
-def _solve_fixed(
+def _dispatch(
+    mode: _mode.Mode,
     scheme: ReversibleScheme,
     field: Field,
     t: Tensor,
     start: State,
     params: Params,
     n_out: int,
-    steps: tuple[int, ...],
+    steps: tuple[int, ...] | None,
+    tol: Tolerances | None,
     gradient: str,
     reconstruction_tol: float | None,
     probe: Tensor | None,
-) -> State:
-    if torch.compiler.is_exporting():
-        # Export captures the forward only: one scan loop, no gradient machinery.
-        return integrate_scan(scheme, field, t, start, params, steps, n_out)[0]
-    if gradient == "mali" and torch.compiler.is_compiling() and all(s == steps[0] for s in steps):
-        # Loops that torch.compile keeps as loops: compile time does not grow with the steps.
-        # (Comparing, not hashing, the counts keeps n_steps symbolic: no recompiles.)
-        loop = odeint_loop(
-            scheme, field, t, start, params, steps[0], n_out, gradient=gradient, probe=probe
-        )
-        return loop[0]
-    if gradient == "backprop":
-        return integrate(scheme, field, t, start, params, steps, n_out)[0]
-    chain = Chain(
-        scheme=scheme,
-        field=field,
-        steps=steps,
-        n_state=len(start),
-        n_out=n_out,
-        n_params=len(params),
-        reconstruction_tol=reconstruction_tol,
-    )
-    return solve_reversible(chain, t, start, params, probe)[0]
-
-
-def _solve_adaptive(
-    scheme: ReversibleScheme,
-    field: Field,
-    t: Tensor,
-    start: State,
-    params: Params,
-    n_out: int,
-    tol: Tolerances,
-    gradient: str,
-    reconstruction_tol: float | None,
-    probe: Tensor | None,
-) -> tuple[State, SolveStats]:
-    if gradient == "backprop":
-        eager = all(is_concrete(x) for x in (t, *start, *params))
+) -> tuple[State, SolveStats | None]:
+    """Pick the loop backend and the gradient path of one solve."""
+    loops = loops_for(mode)
+    wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
+    python = loops_for(_mode.Mode.EAGER)
+    n: Tensor | None = None
+    if mode is _mode.Mode.COMPILE and steps is not None:
+        if gradient == "backprop" or any(s != steps[0] for s in steps):
+            # The plain loop, unrolled: exact, but compile time grows with the steps. (while_loop's
+            # own autograd in torch 2.13 is wrong when one carry feeds another, e.g. (z, logp).)
+            loops = python
+        else:
+            # A tensor count: compile time does not grow with it, and a new n_steps compiles once
+            # (comparing, not hashing, the counts above keeps n_steps symbolic).
+            n = torch.scalar_tensor(steps[0], dtype=torch.int64, device=t.device)
+    if mode is _mode.Mode.EXPORT or (mode is _mode.Mode.COMPILE and not wants_grad):
+        # Forward only: no gradient machinery (dynamo also fails to bind the Function then).
+        if tol is not None:
+            trajs, _, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
+            return trajs, stats
+        grid = UniformGrid(t, steps if n is None else n)
+        return forward(loops, scheme, field, grid, start, params, n_out)[0], None
+    if gradient == "backprop" and loops is python:
+        if tol is None:
+            assert steps is not None
+            return forward(python, scheme, field, UniformGrid(t, steps), start, params, n_out)[
+                0
+            ], None
         with torch.no_grad():
-            _, _, records, solve_stats = run_controller(
-                scheme, field, t, start, params, n_out, tol, eager=eager
+            _, _, records, count, stats = control(
+                python, scheme, field, t, start, params, n_out, tol
             )
-        outputs = replay(scheme, field, t, start, params, records, n_out)
-        nan_if_failed = tuple(
-            torch.where(solve_stats.failed, torch.full_like(o, float("nan")), o) for o in outputs
-        )
-        return nan_if_failed, solve_stats
-    chain = AdaptiveChain(
+        grid = RecordedGrid(t, records, count)
+        trajs = forward(python, scheme, field, grid, start, params, n_out)[0]
+        return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats
+    # MALI; compiled adaptive backprop too (the same accepted steps, see the README).
+    spec = Spec(
+        loops=loops,
         scheme=scheme,
         field=field,
-        tol=tol,
         n_state=len(start),
         n_out=n_out,
-        n_params=len(params),
+        counts=steps if n is None else None,
+        tol=tol,
+        controller=None,
         reconstruction_tol=reconstruction_tol,
     )
-    return solve_adaptive(chain, t, start, params, probe)
-
-
-def _fixed_stats(n_steps: int, t: Tensor) -> SolveStats:
-    count = torch.tensor(n_steps, dtype=torch.long, device=t.device)
-    return SolveStats(count + 1, count, torch.zeros_like(count), torch.zeros_like(count).bool())
+    return solve(spec, t, n, probe, start, params)

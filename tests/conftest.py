@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch._dynamo
 from hypothesis import settings
 from torch import Tensor, nn
 
@@ -38,3 +39,11 @@ def _seed() -> None:
 @pytest.fixture
 def field() -> MLPField:
     return MLPField()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Compile tests start and end with dynamo's caches and counters cleared."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

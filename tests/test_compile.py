@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from helpers import SmoothField as Field
+from helpers import assert_close_all
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mali_func import DriftMonitor, ODEBlock, odeint
-
-
-class Field(nn.Module):
-    """A time-dependent MLP field without Python side effects (loop bodies may have none)."""
-
-    def __init__(self, dim: int = 2, hidden: int = 32) -> None:
-        super().__init__()
-        self.l1 = nn.Linear(dim, hidden)
-        self.l2 = nn.Linear(hidden, dim)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.l2(torch.tanh(self.l1(y)) * torch.cos(t))
 
 
 def loss_fn(field: nn.Module, y0: torch.Tensor, t: torch.Tensor, n: int, gradient: str):
@@ -35,17 +25,7 @@ def grads(fn, field: nn.Module, y0: torch.Tensor, t: torch.Tensor, *args):
     return (loss.detach(), *torch.autograd.grad(loss, [y0, t, *field.parameters()]))
 
 
-def assert_close_all(a, b, rtol: float) -> None:
-    for x, y in zip(a, b, strict=True):
-        scale = y.abs().max().clamp_min(1e-12)
-        assert ((x - y).abs().max() / scale).item() < rtol
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.mark.parametrize("gradient", ["mali", "backprop"])

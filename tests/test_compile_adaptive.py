@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from helpers import CNF, SmoothField, assert_close_all
 from torch import nn
 from torch._dynamo.testing import AotEagerAndRecordGraphs
 
@@ -13,16 +14,8 @@ from mali_func import DriftMonitor, odeint
 F64 = torch.float64
 
 
-class Field(nn.Module):
-    """A time-dependent MLP field without Python side effects (loop bodies may have none)."""
-
-    def __init__(self, dim: int = 2, hidden: int = 16, dtype: torch.dtype = F64) -> None:
-        super().__init__()
-        self.l1 = nn.Linear(dim, hidden, dtype=dtype)
-        self.l2 = nn.Linear(hidden, dim, dtype=dtype)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.l2(torch.tanh(self.l1(y)) * torch.cos(t))
+def Field(dim: int = 2, hidden: int = 16, dtype: torch.dtype = F64) -> SmoothField:
+    return SmoothField(dim, hidden, dtype)
 
 
 def make_loss(field: nn.Module, gradient: str, **options):
@@ -41,21 +34,11 @@ def run(fn, field: nn.Module, y0: torch.Tensor, t: torch.Tensor):
     return (loss.detach(), ys.detach(), *grads), stats
 
 
-def assert_close_all(a, b, rtol: float) -> None:
-    for x, y in zip(a, b, strict=True):
-        scale = y.abs().max().clamp_min(1e-12)
-        assert ((x - y).abs().max() / scale).item() < rtol
-
-
 def assert_same_stats(a, b) -> None:
     assert [s.item() for s in a] == [s.item() for s in b]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.mark.parametrize("gradient", ["mali", "backprop"])
@@ -73,21 +56,9 @@ def test_compiled_equals_eager_float64(gradient: str, times: list[float]) -> Non
     assert stats.n_accepted.item() > 20
 
 
-class CNF(nn.Module):
-    """A ``(z, logp)`` field: ``logp`` feeds nothing back (while_loop's autograd errs here)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.field = Field()
-
-    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
-        dz = self.field(t, y[0])
-        return dz, -(dz * y[0]).sum(-1)
-
-
 @pytest.mark.parametrize("gradient", ["mali", "backprop"])
 def test_tuple_state_compiled_equals_eager(gradient: str) -> None:
-    field = CNF()
+    field = CNF(Field())
     y0, t = torch.randn(8, 2, dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64)
 
     def loss_fn(z0: torch.Tensor, t: torch.Tensor, gradient: str):

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from helpers import load_example as load_named
 
 from mali_func import odeint
 
 F64 = torch.float64
-EXAMPLE = Path(__file__).parents[1] / "examples" / "custom_scheme.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("custom_scheme", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["custom_scheme"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_named("custom_scheme")
 
 
 def test_coupling_inverse_undoes_step() -> None:

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 import mali_func
 from mali_func import ALF, odeint
-from mali_func._engine import integrate
 from mali_func._field import bind_field
-from mali_func._scan import integrate_scan
+from mali_func._grid import UniformGrid
+from mali_func._loops import PythonLoops, ScanLoops
+from mali_func._solve import forward
 from mali_func.export import ExportError, ExportReport, ParityError, to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ class ExportDiffers(nn.Module):
         return x + 1.0 if torch.compiler.is_exporting() else x
 
 
-# -- integrate_scan in eager mode is the eager engine, to round-off --------------------------------
+# -- the scan loops in eager mode give the Python loops' forward, to round-off ---------------------
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ class ExportDiffers(nn.Module):
         ([1.0, 0.2, -0.5], (3, 6), 1.0, True),  # decreasing t, unequal counts, tuple state
     ],
 )
-def test_integrate_scan_matches_integrate(times, steps, eta, pair) -> None:
+def test_scan_forward_matches_python_forward(times, steps, eta, pair) -> None:
     field = Tanh(dim=3).double()  # no Python side effects: eager scan compiles its body
     y0 = torch.randn(5, 3, dtype=torch.float64)
 
@@ -102,9 +103,12 @@ def test_integrate_scan_matches_integrate(times, steps, eta, pair) -> None:
     t = torch.tensor(times, dtype=torch.float64)
     with torch.no_grad():
         start = scheme.init(bound.field, t[0], state, bound.params)
-        want, want_final = integrate(scheme, bound.field, t, start, bound.params, steps, len(state))
-        got, got_final = integrate_scan(
-            scheme, bound.field, t, start, bound.params, steps, len(state)
+        grid = UniformGrid(t, steps)
+        want, want_final = forward(
+            PythonLoops(), scheme, bound.field, grid, start, bound.params, len(state)
+        )
+        got, got_final = forward(
+            ScanLoops(), scheme, bound.field, grid, start, bound.params, len(state)
         )
     assert [g.shape for g in got] == [(len(times), 5, 3)] * len(state)
     for a, b in zip((*want, *want_final), (*got, *got_final)):

@@ -1,6 +1,5 @@
-"""Reversible one-step schemes: pure step and inverse functions, one scheme per module."""
+"""Former name of :mod:`mali_func.schemes`, kept so that existing imports keep working."""
 
-from ._alf import ALF
-from ._scheme import VJP, Field, Params, ReversibleScheme, State
+from ..schemes import ALF, VJP, Field, Params, ReversibleScheme, State
 
 __all__ = ["ALF", "VJP", "Field", "Params", "ReversibleScheme", "State"]

@@ -11,7 +11,7 @@ differentiated in constant memory: keep only ``x_N``, and walk back, rebuilding 
 A memory efficient and reverse accurate integrator for Neural ODEs", ICLR 2021).
 
 Schemes are pure: no autograd calls in :meth:`step` or :meth:`inverse`, no loops over steps, no
-state kept between calls. The engine in :mod:`mali_func._engine` owns the loop.
+state kept between calls. The solver in :mod:`mali_func._solve` owns the loop.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ Reverse = tuple[State, State, "Tensor | None", "Tensor | None", tuple[Any, ...]]
 class ReversibleScheme(abc.ABC):
     """A one-step method with an exact inverse; subclass it to plug a scheme into the engine.
 
-    Implement :meth:`init`, :meth:`step` and :meth:`inverse`. The default :meth:`reverse` inverts
+    Implement :meth:`step` and :meth:`inverse` (and :meth:`init` if the state carries more than
+    ``y``, :meth:`step_with_error` for adaptive steps). The default :meth:`reverse` inverts
     the step and then pulls the cotangent back through a re-run of :meth:`step` with
     :func:`torch.func.vjp`; a scheme whose inverse already evaluates the field at the forward
     step's point (as ALF does) can override it to save that evaluation.
@@ -50,6 +51,14 @@ class ReversibleScheme(abc.ABC):
 
     order: int = 1
     """Order of accuracy of the solution component (used by documentation and tests)."""
+
+    error_order: int = 1
+    """Order ``q`` of :meth:`step_with_error`'s estimate; the controller scales by
+    ``err^(-1/(q+1))``."""
+
+    def has(self, method: str) -> bool:
+        """Whether this scheme implements ``method`` itself (not just the base class's stub)."""
+        return getattr(type(self), method) is not getattr(ReversibleScheme, method)
 
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
         """Build the initial extended state from the solution ``y0`` at ``t0``.
@@ -63,13 +72,14 @@ class ReversibleScheme(abc.ABC):
     def step(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
         """Advance ``state`` from ``t`` to ``t + h``."""
 
-    @abc.abstractmethod
     def inverse(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
         """Undo :meth:`step`: given the state at ``t + h``, return the state at ``t``.
 
         ``t`` is the *start* time of the step being undone, so that the time arithmetic is the
-        same as in :meth:`step`.
+        same as in :meth:`step`. Needed for ``gradient="mali"`` (unless :meth:`reverse` is
+        overridden); ``odeint`` refuses a scheme without it there.
         """
+        raise NotImplementedError(f"{type(self).__name__} has no inverse")
 
     def step_with_error(
         self, field: Field, t: Tensor, h: Tensor, state: State, params: Params

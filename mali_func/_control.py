@@ -1,0 +1,233 @@
+"""Adaptive step-size control, written once for every loop backend.
+
+The error estimate comes from the scheme (:meth:`ReversibleScheme.step_with_error`; ALF's is the
+MALI paper's ``e = h (u - v)``), measured with the mixed RMS norm over every element of the
+solution,
+
+    err = sqrt(mean((e / (atol + rtol * max(|y|, |y'|)))^2)),
+
+and judged by a controller (:class:`Controller`). The default, :class:`IntegralController`,
+accepts when ``err <= 1`` and proposes ``h * clip(safety * err^(-1/(q+1)), 0.2, 10)`` for an
+estimate of order ``q`` (ALF: ``q = 1``, the paper package's ``err^(-1/2)``), with no growth
+right after a rejection. The first step is the Hairer-Wanner estimate (Hairer, Norsett & Wanner,
+*Solving ODEs I*, II.4) unless given.
+
+The trial step is branch-free: each trial is committed with ``torch.where``, so the same code runs
+per sample under ``torch.func.vmap`` (each sample's norm, steps and termination are its own) and
+inside a ``while_loop``. Each trial yields a record ``(i, c, theta, accepted, ends)``
+(:class:`mali_func._grid.Records`); the loop backend keeps the accepted ones (all of them under
+``vmap``, where each sample's backward skips its own rejected trials).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from ._grid import Records, span, write_row
+from ._loops import Loops
+from ._mode import is_concrete
+from .schemes import Field, Params, ReversibleScheme, State
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    rtol: float
+    atol: float
+    max_steps: int
+    first_step: float | None
+    check_every: int = 8
+
+
+class SolveStats(NamedTuple):
+    """Counts of one solve, as tensors (per sample under ``vmap``)."""
+
+    n_f_evals: Tensor
+    n_accepted: Tensor
+    n_rejected: Tensor
+    failed: Tensor
+
+
+def _root(x: Tensor, order: int) -> Tensor:
+    """``x^(1/(order+1))``; for ``order = 1`` exactly ``sqrt``."""
+    return x.sqrt() if order == 1 else x.pow(1.0 / (order + 1))
+
+
+def _inverse_root(x: Tensor, order: int) -> Tensor:
+    """``x^(-1/(order+1))``; for ``order = 1`` exactly ``rsqrt``."""
+    return x.rsqrt() if order == 1 else x.pow(-1.0 / (order + 1))
+
+
+class Controller(Protocol):
+    """Accepts or rejects a trial step and proposes the next step size."""
+
+    def init(self, h0: Tensor) -> tuple[Tensor, ...]:
+        """The controller's own carried state."""
+        ...
+
+    def propose(
+        self, memory: tuple[Tensor, ...], err: Tensor, h: Tensor, order: int
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """``(accept, h_next, memory)`` from the error norm of a trial of size ``|h|``."""
+        ...
+
+
+@dataclass(frozen=True)
+class IntegralController:
+    """The classic controller (module docs); its memory is "the last trial was rejected"."""
+
+    safety: float = 0.9
+    min_factor: float = 0.2
+    max_factor: float = 10.0
+
+    def init(self, h0: Tensor) -> tuple[Tensor, ...]:
+        return (torch.zeros((), dtype=torch.bool, device=h0.device),)
+
+    def propose(
+        self, memory: tuple[Tensor, ...], err: Tensor, h: Tensor, order: int
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        accept = err <= 1
+        factor = self.safety * _inverse_root(err.clamp_min(1e-10), order)
+        cap = torch.where(memory[0] | ~accept, 1.0, self.max_factor).to(factor.dtype)
+        factor = torch.where(
+            torch.isfinite(err), torch.minimum(factor.clamp(min=self.min_factor), cap), 0.2
+        )
+        return accept, h * factor, (~accept,)
+
+
+def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) -> Tensor:
+    total: Tensor | None = None
+    count = 0
+    for e, a, b in zip(err, before, after):
+        s = (e / (atol + rtol * torch.maximum(a.abs(), b.abs()))).square().sum()
+        total = s if total is None else total + s
+        count += e.numel()
+    assert total is not None
+    return (total / max(count, 1)).sqrt()
+
+
+def initial_step(
+    field: Field, t0: Tensor, y0: State, params: Params, tol: Tolerances, order: int
+) -> Tensor:
+    """Hairer-Wanner first step (two field evaluations), or ``tol.first_step``."""
+    f0 = field(t0, y0, params)
+    if tol.first_step is not None:
+        return torch.full_like(t0, tol.first_step)
+    scale = tuple(tol.atol + tol.rtol * y.abs() for y in y0)
+    d0 = rms_norm(tuple(y / s for y, s in zip(y0, scale)), y0, y0, 0.0, 1.0)
+    d1 = rms_norm(tuple(f / s for f, s in zip(f0, scale)), y0, y0, 0.0, 1.0)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    f1 = field(t0 + h0, tuple(y + h0 * f for y, f in zip(y0, f0)), params)
+    d2 = rms_norm(tuple((a - b) / s for a, b, s in zip(f1, f0, scale)), y0, y0, 0.0, 1.0) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(
+        dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), _root(0.01 / dmax.clamp_min(1e-300), order)
+    )
+    return torch.minimum(100 * h0, h1)
+
+
+class Carry(NamedTuple):
+    state: State
+    outputs: tuple[Tensor, ...]  # rows 0..M; row M takes the writes of steps that end nothing
+    interval: Tensor
+    c: Tensor
+    hmag: Tensor
+    memory: tuple[Tensor, ...]
+    stats: SolveStats
+
+
+def control(
+    loops: Loops,
+    scheme: ReversibleScheme,
+    field: Field,
+    t: Tensor,
+    state: State,
+    params: Params,
+    n_out: int,
+    tol: Tolerances,
+    controller: Controller | None = None,
+) -> tuple[State, State, Records, Tensor | int, SolveStats]:
+    """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats.
+
+    A failure (``max_steps`` trials, or the step size underflows) raises :class:`RuntimeError`
+    in plain eager code; otherwise the outputs are NaN and ``stats.failed`` is set.
+    """
+    ctrl = IntegralController() if controller is None else controller
+    m, order, eps = t.shape[0] - 1, scheme.error_order, torch.finfo(t.dtype).eps
+    y0 = state[:n_out]
+    hmag = initial_step(field, t[0], y0, params, tol, order).abs()
+    zero = torch.zeros((), dtype=torch.long, device=t.device)
+    start = Carry(
+        state=state,
+        outputs=tuple(y.unsqueeze(0).expand(m + 1, *y.shape).contiguous() for y in y0),
+        interval=zero,
+        c=torch.zeros_like(t[0]),
+        hmag=hmag,
+        memory=ctrl.init(hmag),
+        stats=SolveStats(zero + 2, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
+    )
+
+    def running(carry: Carry) -> Tensor:
+        return (carry.interval < m) & ~carry.stats.failed
+
+    def trial(carry: Carry) -> tuple[Carry, tuple[Tensor, ...], Tensor]:
+        i = carry.interval.clamp(max=m - 1)
+        active = running(carry)
+        ti, dt = span(t, i)
+        remaining = 1 - carry.c
+        reach = carry.hmag >= remaining * dt.abs()
+        theta = torch.where(reach, remaining, carry.hmag / dt.abs())
+        tk, h = ti + carry.c * dt, theta * dt
+        new, err = scheme.step_with_error(field, tk, h, carry.state, params)
+        e = rms_norm(err, carry.state[:n_out], new[:n_out], tol.rtol, tol.atol)
+        accept, h_next, memory = ctrl.propose(carry.memory, e, theta * dt.abs(), order)
+        ok = active & accept
+        tiny = h.abs() <= 16 * eps * torch.maximum(tk.abs(), dt.abs())
+        ends = ok & reach
+        state = tuple(torch.where(ok, a, b) for a, b in zip(new, carry.state))
+        slot = torch.where(ends & (i + 1 < m), i + 1, m)
+        memory = tuple(torch.where(active, a, b) for a, b in zip(memory, carry.memory))
+        stats = SolveStats(
+            carry.stats.n_f_evals + active.long(),
+            carry.stats.n_accepted + ok.long(),
+            carry.stats.n_rejected + (active & ~ok).long(),
+            carry.stats.failed | (active & ~ok & tiny),
+        )
+        new_carry = Carry(
+            state=state,
+            outputs=write_row(carry.outputs, slot, state[:n_out]),
+            interval=carry.interval + ends.long(),
+            c=torch.where(ok, torch.where(reach, 0, carry.c + theta), carry.c),
+            hmag=torch.where(active, h_next, carry.hmag),
+            memory=memory,
+            stats=stats,
+        )
+        return new_carry, (i, carry.c, theta, ok, ends), ok
+
+    dtypes = (torch.int64, t.dtype, t.dtype, torch.bool, torch.bool)
+    carry, columns, count = loops.while_(
+        running, trial, start, max_steps=tol.max_steps, dtypes=dtypes, check_every=tol.check_every
+    )
+    unfinished = carry.interval < m
+    stats = carry.stats._replace(failed=carry.stats.failed | unfinished)
+    if is_concrete(stats.failed) and bool(stats.failed):
+        ti, dt = span(t, carry.interval.clamp(max=m - 1))
+        reached = ti + carry.c * dt
+        cause = (
+            f"max_steps={tol.max_steps} trial steps were not enough"
+            if bool(unfinished) and not bool(carry.stats.failed)
+            else "the step size underflowed (the problem may be stiff or singular there)"
+        )
+        raise RuntimeError(
+            f"adaptive solve failed at t = {float(reached):.6g} of "
+            f"[{float(t[0]):.6g}, {float(t[-1]):.6g}]: {cause}"
+        )
+    final = carry.state[:n_out]
+    outputs = tuple(
+        torch.where(stats.failed, float("nan"), torch.cat([o[:-1], y.unsqueeze(0)]))
+        for o, y in zip(carry.outputs, final)
+    )
+    return outputs, carry.state, Records(*columns), count, stats

@@ -1,0 +1,268 @@
+"""Loop primitives, written once per execution mode; the solver is written once against them.
+
+Two primitives cover every loop of a solve:
+
+* ``fori(n, body, carry, reverse=False)``: ``carry = body(j, carry)`` for ``j = 0 .. n - 1`` (or
+  backwards): the fixed-step forward pass, and every reverse (MALI) pass;
+* ``while_(cond, body, carry, max_steps=...)``: the step-size controller. ``body(carry)`` returns
+  ``(carry, entry, keep)``; the entries with ``keep`` set are collected in order (the records of
+  the accepted steps) and returned with their count.
+
+Backends (chosen per call by :mod:`mali_func._mode`):
+
+* :class:`PythonLoops` (eager, and :mod:`torch.func` transforms): Python loops over Python ints, no
+  flattening, nothing added per step. The controller reads one stop flag on the host every few
+  trials.
+* :class:`WhileLoops` (``torch.compile``): :func:`torch._higher_order_ops.while_loop` over flat
+  carries, so compile time does not depend on the number of steps. It holds the torch 2.13
+  workarounds (below).
+* :class:`ScanLoops` (export): :func:`torch._higher_order_ops.scan`, forward only; ONNX keeps it as
+  one ``Scan`` node whose body is one step.
+
+Torch 2.13 workarounds in :class:`WhileLoops` (CPU inductor), both reproduced by the
+compiled-vs-eager gradient tests:
+
+* inductor applies a backward graph's donated-buffer indices to the inputs of a ``while_loop`` body
+  inside it, so the body may overwrite a buffer that is still live and gradients come out silently
+  wrong (a MALI training step of a 2-64-2 MLP field: gradients off by O(1)). When a compiled solve
+  is traced, :func:`_no_donated_buffers` sets ``torch._functorch.config.donated_buffer = False``
+  (at trace time, before AOTAutograd partitions the graph); importing ``mali_func`` changes no
+  configuration.
+* inductor rewrites ``add(mm(a, b), c)`` into ``addmm(c, a, b)``, which on MKL float32 rounds about
+  ten times worse when the product is small against ``c``: cotangent sums over hundreds of steps
+  drift to 1e-5. Cotangents are fenced (:func:`_fence`) so the rewrite cannot match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch._functorch.config as functorch_config
+from torch import Tensor
+from torch._higher_order_ops import scan, while_loop
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from ._mode import Mode, is_concrete
+from ._vjp import choose_vjp
+from .schemes import VJP, Params
+
+Count = int | torch.SymInt | Tensor
+Index = int | Tensor
+Cond = Callable[[Any], Tensor]
+WhileBody = Callable[[Any], tuple[Any, tuple[Tensor, ...], Tensor]]
+
+
+def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where ``None`` stands for zero."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def take(x: Tensor, j: Index) -> Tensor:
+    """``x[j]``; for a 0-dim index tensor without reading it on the host (also under vmap)."""
+    if isinstance(j, int):
+        return x[j]
+    return x.index_select(0, j.reshape(1)).squeeze(0)
+
+
+def _host_any(flag: Tensor) -> bool:
+    """``flag.any()`` on the host, across a vmapped batch too (one sync)."""
+    x = flag
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return bool(x.any())
+
+
+class PythonLoops:
+    """Eager loops: Python ``for``; cotangents by autograd (or torch.func.vjp under transforms)."""
+
+    mode = Mode.EAGER
+
+    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+        for j in range(int(n) - 1, -1, -1) if reverse else range(int(n)):
+            carry = body(j, carry)
+        return carry
+
+    def while_(
+        self,
+        cond: Cond,
+        body: WhileBody,
+        carry: Any,
+        *,
+        max_steps: int,
+        dtypes: tuple[torch.dtype, ...],
+        check_every: int = 8,
+    ) -> tuple[Any, tuple[Tensor, ...], Index]:
+        entries: list[tuple[Tensor, ...]] = []
+        keeps: list[Tensor] = []
+        for it in range(1, max_steps + 1):
+            carry, entry, keep = body(carry)
+            entries.append(entry)
+            keeps.append(keep)
+            if (it % check_every == 0 or it == max_steps) and not _host_any(cond(carry)):
+                break
+        records = tuple(torch.stack(column) for column in zip(*entries))
+        kept = torch.stack(keeps)
+        if not is_concrete(kept):  # batched under vmap: each sample skips its own entries
+            return carry, records, len(entries)
+        index = kept.nonzero().squeeze(-1)
+        return carry, tuple(r.index_select(0, index) for r in records), index.numel()
+
+    def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
+        return choose_vjp(tensors)
+
+    def accumulators(self, params: Params) -> tuple[Tensor | None, ...]:
+        return (None,) * len(params)
+
+    def add(self, acc: Tensor | None, d: Tensor | None) -> Tensor | None:
+        return add_optional(acc, d)
+
+
+def _fence(x: Tensor) -> Tensor:
+    """``x`` itself, in a form that inductor's ``add(mm, c) -> addmm`` rewrite does not match."""
+    return torch.neg(torch.neg(x))
+
+
+def _fenced_vjp(fn: Any, *primals: Any) -> tuple[Any, Any]:
+    out, pullback = torch.func.vjp(fn, *primals)
+    return out, lambda cotangent: tree_map(_fence, pullback(cotangent))
+
+
+@torch.compiler.assume_constant_result
+def _no_donated_buffers() -> bool:
+    """Turn off donated buffers; dynamo runs this while tracing (see the module docs)."""
+    functorch_config.donated_buffer = False
+    return True
+
+
+def _flatten(tree: Any) -> tuple[list[Tensor], Callable[[Any], Any]]:
+    """The tensors of a pytree (``None`` leaves are structure, not carried) and its rebuilder."""
+    leaves, spec = tree_flatten(tree)
+    where = [i for i, x in enumerate(leaves) if x is not None]
+
+    def rebuild(tensors: Any) -> Any:
+        full: list[Any] = [None] * len(leaves)
+        for i, x in zip(where, tensors):
+            full[i] = x
+        return tree_unflatten(full, spec)
+
+    return [leaves[i] for i in where], rebuild
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    return [x for x in tree_flatten(tree)[0] if x is not None]
+
+
+def _counter(like: Tensor, value: Count = 0) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=torch.int64).reshape(()).clone()
+    return torch.full((), value, dtype=torch.int64, device=like.device)
+
+
+class WhileLoops:
+    """Compiled loops: ``while_loop`` over flat carries (cloned: carries must not alias)."""
+
+    mode = Mode.COMPILE
+
+    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+        _no_donated_buffers()
+        leaves, rebuild = _flatten(carry)
+        leaves = [x.clone() for x in leaves]
+
+        def step(j: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+            j = j - 1 if reverse else j
+            return (j if reverse else j + 1, *_tensors(body(j, rebuild(xs))))
+
+        if reverse:
+            start, cond = _counter(leaves[0], n), (lambda j, *_: j > 0)
+        else:
+            start, cond = _counter(leaves[0]), (lambda j, *_: j < n)
+        return rebuild(while_loop(cond, step, (start, *leaves))[1:])
+
+    def while_(
+        self,
+        cond: Cond,
+        body: WhileBody,
+        carry: Any,
+        *,
+        max_steps: int,
+        dtypes: tuple[torch.dtype, ...],
+        check_every: int = 8,
+    ) -> tuple[Any, tuple[Tensor, ...], Index]:
+        """Kept entries go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1``."""
+        _no_donated_buffers()
+        leaves, rebuild = _flatten(carry)
+        n_c = len(leaves)
+        like = leaves[0]
+        buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
+
+        def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
+            return (it < max_steps) & cond(rebuild(xs[:n_c]))
+
+        def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+            new, entry, keep = body(rebuild(xs[:n_c]))
+            slot = torch.where(keep, count, max_steps).reshape(1)
+            bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
+            return (it + 1, count + keep.long(), *_tensors(new), *bufs)
+
+        init = (_counter(like), _counter(like), *(x.clone() for x in leaves), *buffers)
+        res = while_loop(test, step, init)
+        return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
+
+    def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
+        return _fenced_vjp
+
+    def accumulators(self, params: Params) -> tuple[Tensor | None, ...]:
+        return tuple(torch.zeros_like(p) for p in params)
+
+    def add(self, acc: Tensor | None, d: Tensor | None) -> Tensor | None:
+        if acc is None or d is None:
+            return add_optional(acc, d)
+        return torch.sub(acc, torch.neg(d))  # acc + d, fenced
+
+
+def _unaliased(new: list[Tensor], old: list[Tensor]) -> list[Tensor]:
+    """``scan`` forbids body outputs that are its inputs or each other: copy those."""
+    out: list[Tensor] = []
+    for x in new:
+        out.append(x.clone() if any(x is y for y in (*old, *out)) else x)
+    return out
+
+
+class ScanLoops:
+    """Export loops: ``scan`` over ``n`` rows of width 0 (the graph stores nothing per step)."""
+
+    mode = Mode.EXPORT
+
+    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+        if reverse:
+            raise NotImplementedError("export traces the forward pass only")
+        leaves, rebuild = _flatten(carry)
+        like = leaves[0]
+        rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
+
+        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Tensor]:
+            j, xs = c
+            out = _tensors(body(j, rebuild(xs)))
+            return (j + 1, _unaliased(out, list(xs))), row.clone()
+
+        (_, final), _ = scan(step, (_counter(like), list(leaves)), rows)
+        return rebuild(final)
+
+    def while_(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
+
+
+Loops = PythonLoops | WhileLoops | ScanLoops
+
+_BACKENDS = {Mode.EAGER: PythonLoops(), Mode.COMPILE: WhileLoops(), Mode.EXPORT: ScanLoops()}
+
+
+def loops_for(mode: Mode) -> Loops:
+    """The loop backend of an execution mode."""
+    return _BACKENDS[mode]

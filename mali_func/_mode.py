@@ -1,0 +1,50 @@
+"""The one place that asks which execution mode a solve runs in.
+
+A solve runs in one of three modes, and each has its own loop primitive
+(:mod:`mali_func._loops`):
+
+* **eager** (also under :mod:`torch.func` transforms, which run Python code): plain Python loops;
+* **compile** (traced by ``torch.compile``): ``while_loop``, so the graph does not grow with the
+  number of steps;
+* **export** (traced by ``torch.export`` / ``torch.onnx.export(dynamo=True)``): ``scan``, forward
+  only, which ONNX keeps as one loop node.
+
+Whether a tensor's value may be read on the host (argument checks, the drift warning, the eager
+controller's stop test) is decided here too. No other module asks ``torch.compiler``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import Tensor
+
+
+class Mode(enum.Enum):
+    EAGER = "eager"
+    COMPILE = "compile"
+    EXPORT = "export"
+
+
+def current() -> Mode:
+    """The mode of the code being run or traced now."""
+    if torch.compiler.is_exporting():
+        return Mode.EXPORT
+    if torch.compiler.is_compiling():
+        return Mode.COMPILE
+    return Mode.EAGER
+
+
+def tracing() -> bool:
+    """True under ``torch.compile`` or export (no host reads, no Python side effects)."""
+    return current() is not Mode.EAGER
+
+
+def is_concrete(x: Tensor) -> bool:
+    """True for an ordinary eager tensor whose value may be read on the host."""
+    if tracing():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)

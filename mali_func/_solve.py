@@ -1,0 +1,195 @@
+"""The solve, written once: the forward pass, the reverse (MALI) pass, and their autograd.Function.
+
+Given a reversible scheme ``Phi`` (:class:`mali_func.schemes.ReversibleScheme`) and a time grid
+(:mod:`mali_func._grid`), :func:`forward` applies ``Phi`` at every step and records the solution at
+every output time; it stores nothing per step. :func:`reverse` starts from the final state, rebuilds
+each previous state with the scheme's inverse and pulls the cotangent back through the step at the
+rebuilt point (MALI: Zhuang, Dvornek, Tatikonda & Duncan, "MALI: A memory efficient and reverse
+accurate integrator for Neural ODEs", ICLR 2021). Output cotangents enter at their times, step-time
+cotangents are chained to ``t`` by the grid. The result is the exact gradient of the discrete
+forward computation up to the round-off of the reconstruction, which is measured against the kept
+initial state (:mod:`mali_func._drift`). Adaptive solves run the controller
+(:mod:`mali_func._control`) forward, and :func:`reverse` over its recorded steps.
+
+Both passes are written against the loop primitives of :mod:`mali_func._loops`, so the same code
+runs eagerly, inside ``torch.compile`` (``while_loop``) and under export (``scan``).
+
+:class:`Solve` is written for :mod:`torch.func`: ``forward`` takes no ctx, ``setup_context`` saves
+only inputs and outputs, ``generate_vmap_rule`` lets ``vmap`` batch it, and the backward
+differentiates with :func:`torch.func.vjp` under transforms, so ``vmap(grad(...))`` and
+``jacrev`` see through the solve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._control import Controller, SolveStats, Tolerances, control
+from ._drift import reconstruction_error, warn_if_drifted
+from ._grid import Grid, RecordedGrid, Records, UniformGrid
+from ._loops import Loops, PythonLoops
+from .schemes import Field, Params, ReversibleScheme, State
+
+N_RECORDS = len(Records._fields)
+N_STATS = len(SolveStats._fields)
+
+
+def forward(
+    loops: Loops,
+    scheme: ReversibleScheme,
+    field: Field,
+    grid: Grid,
+    state: State,
+    params: Params,
+    n_out: int,
+) -> tuple[State, State]:
+    """Run every step of ``grid``; return the solution at every ``t_i`` and the final state."""
+    y0 = state[:n_out]
+
+    def body(j: Any, carry: tuple[State, Any]) -> tuple[State, Any]:
+        x, outs = carry
+        info = grid.at(j)
+        new = scheme.step(field, info.t, info.h, x, params)
+        if info.active is not None:
+            new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
+        return new, grid.record(outs, info, new[:n_out])
+
+    outs0 = grid.new_outputs(y0, python_ints=isinstance(loops, PythonLoops))
+    final, outs = loops.fori(grid.count, body, (state, outs0))
+    return grid.finish(outs, y0, final[:n_out]), final
+
+
+def reverse(
+    loops: Loops,
+    scheme: ReversibleScheme,
+    field: Field,
+    grid: Grid,
+    final: State,
+    cot: State,
+    g_out: State,
+    params: Params,
+    time_grad: bool,
+) -> tuple[State, State, tuple[Tensor | None, ...], Tensor | None]:
+    """Walk ``grid`` backwards from ``final`` with cotangent ``cot``.
+
+    ``g_out`` are the cotangents of the recorded outputs (``cot`` already holds the last row's).
+    Returns the rebuilt initial state, its cotangent, the cotangents of ``params`` and of ``t``.
+    """
+    vjp = loops.vjp((grid.t, *final, *cot, *params))
+
+    def body(j: Any, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        x, a, acc, acc_t = carry
+        info = grid.at(j)
+        a = grid.inject(a, info, g_out)
+        prev, a_prev, a_t, a_h, a_p = scheme.reverse(
+            field, info.t, info.h, x, a, params, time_grad=time_grad, vjp=vjp
+        )
+        if info.active is not None:
+            ok = info.active
+            prev = tuple(torch.where(ok, p, q) for p, q in zip(prev, x))
+            a_prev = tuple(torch.where(ok, p, q) for p, q in zip(a_prev, a))
+            a_p = tuple(None if g is None else torch.where(ok, g, 0) for g in a_p)
+        acc = tuple(loops.add(s, d) for s, d in zip(acc, a_p))
+        if acc_t is not None and a_t is not None and a_h is not None:
+            acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
+        return prev, a_prev, acc, acc_t
+
+    acc_t0 = torch.zeros_like(grid.t) if time_grad else None
+    carry = (final, cot, loops.accumulators(params), acc_t0)
+    state, cot, acc, acc_t = loops.fori(grid.count, body, carry, reverse=True)
+    cot = (*(c + g[0] for c, g in zip(cot, g_out)), *cot[len(g_out) :])
+    return state, cot, acc, acc_t
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """Everything about a solve that is not a tensor."""
+
+    loops: Loops
+    scheme: ReversibleScheme
+    field: Field
+    n_state: int
+    n_out: int
+    counts: tuple[int, ...] | None  # fixed grid walked with Python ints; None: ``n`` or adaptive
+    tol: Tolerances | None  # adaptive solves only
+    controller: Controller | None
+    reconstruction_tol: float | None
+
+
+class Solve(torch.autograd.Function):
+    """``apply(spec, t, n, probe, *state0, *params)``.
+
+    Returns ``(*trajectories, *aux_final)`` on a fixed grid (``counts``, or ``n`` steps per
+    interval as a 0-dim tensor) and ``(*trajectories, *aux_final, *records, count, *stats)``
+    adaptively. ``probe`` is a :class:`~mali_func.DriftMonitor` leaf (or ``None``) whose gradient
+    is the relative reconstruction error of the backward pass.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, *tensors: Tensor
+    ) -> tuple[Tensor, ...]:
+        state0, params = tensors[: spec.n_state], tensors[spec.n_state :]
+        if spec.tol is None:
+            grid = UniformGrid(t, spec.counts if n is None else n)
+            trajs, final = forward(
+                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out
+            )
+            return (*trajs, *final[spec.n_out :])
+        trajs, final, records, count, stats = control(
+            spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
+            spec.controller,
+        )  # fmt: skip
+        count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
+        return (*trajs, *final[spec.n_out :], *records, count_t, *stats)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        spec, t, n, probe, *tensors = inputs
+        ctx.spec, ctx.has_probe, ctx.has_n = spec, probe is not None, n is not None
+        if spec.tol is not None:
+            ctx.mark_non_differentiable(*output[spec.n_state :])
+            output = output[: len(output) - N_STATS]
+        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        spec: Spec = ctx.spec
+        t, *saved = ctx.saved_tensors
+        n = saved.pop(0) if ctx.has_n else None
+        ns, n_out = spec.n_state, spec.n_out
+        n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
+        state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
+        trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
+        grid: Grid
+        if spec.tol is None:
+            grid = UniformGrid(t, spec.counts if n is None else n)
+        else:
+            records = Records(*saved[ns + n_p + ns : -1])
+            python = isinstance(spec.loops, PythonLoops)
+            grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
+        g_out = tuple(g.contiguous() for g in grads[:n_out])
+        final = (*(y[-1] for y in trajs), *aux)
+        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
+        time_grad = bool(ctx.needs_input_grad[1])
+        state, cot, acc, grad_t = reverse(
+            spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
+        )
+        error = reconstruction_error(state, state0)
+        warn_if_drifted(error, spec.reconstruction_tol)
+        return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)
+
+
+def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
+          params: Params) -> tuple[State, SolveStats | None]:  # fmt: skip
+    """Differentiate with MALI; returns the trajectories and (adaptive) the stats."""
+    out = Solve.apply(spec, t, n, probe, *state0, *params)
+    if spec.tol is None:
+        return tuple(out[: spec.n_out]), None
+    return tuple(out[: spec.n_out]), SolveStats(*out[len(out) - N_STATS :])

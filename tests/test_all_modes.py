@@ -1,0 +1,155 @@
+"""Every scheme through every mode, on fixed and adaptive grids, against eager backprop.
+
+Schemes: ALF (eta 1 and 0.8) and the user-defined additive coupling of
+``examples/custom_scheme.py``. Modes: eager MALI, ``vmap(grad)`` (per-sample gradients against a
+loop of eager backprop), ``torch.compile(fullgraph=True)`` with aot_eager and inductor, and the
+ONNX export of the forward (onnxruntime against eager). Adaptive grids run for the schemes with an
+error estimate; the coupling has none and is refused there.
+"""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import F64, assert_close_all, load_example
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from mali_func import ALF, ReversibleScheme, odeint
+from mali_func.export import to_onnx
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+def scheme_named(name: str) -> ReversibleScheme:
+    if name == "coupling":
+        return load_example("custom_scheme").AdditiveCoupling()
+    return ALF(1.0 if name == "alf" else 0.8)
+
+
+class PairField(nn.Module):
+    """``(a, b)' = (f(b) cos t, g(a))``: a partitioned field every scheme here can run."""
+
+    def __init__(self, dim: int = 3, dtype: torch.dtype = F64) -> None:
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.Linear(dim, 16, dtype=dtype), nn.Tanh(), nn.Linear(16, dim, dtype=dtype)
+        )
+        self.g = nn.Sequential(
+            nn.Linear(dim, 16, dtype=dtype), nn.Tanh(), nn.Linear(16, dim, dtype=dtype)
+        )
+
+    def forward(self, t: Tensor, y: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.f(y[1]) * torch.cos(t), -self.g(y[0])
+
+
+GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-6, "atol": 1e-8}}
+SCHEMES = ["alf", "alf_damped", "coupling"]
+
+
+def loss_of(field: nn.Module, scheme: str, grid: str, gradient: str):
+    def loss(a0: Tensor, b0: Tensor, t: Tensor) -> Tensor:
+        a, b = odeint(
+            field, (a0, b0), t, scheme=scheme_named(scheme), gradient=gradient, **GRIDS[grid]
+        )
+        return a.pow(2).mean() + b[1:].sin().sum()
+
+    return loss
+
+
+def gradients(loss, field: nn.Module, a0: Tensor, b0: Tensor, t: Tensor) -> tuple[Tensor, ...]:
+    a0, b0, t = (x.clone().requires_grad_() for x in (a0, b0, t))
+    value = loss(a0, b0, t)
+    return (value.detach(), *torch.autograd.grad(value, [a0, b0, t, *field.parameters()]))
+
+
+def problem() -> tuple[PairField, Tensor, Tensor, Tensor]:
+    torch.manual_seed(0)
+    field = PairField()
+    a0, b0 = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    return field, a0, b0, torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+
+
+def cases(*modes: str) -> list:
+    out = []
+    for scheme in SCHEMES:
+        for grid in GRIDS:
+            for mode in modes:
+                if not (scheme == "coupling" and grid == "adaptive"):
+                    out.append(pytest.param(scheme, grid, mode, id=f"{scheme}-{grid}-{mode}"))
+    return out
+
+
+@pytest.mark.parametrize(("scheme", "grid", "mode"), cases("mali", "aot_eager", "inductor"))
+def test_mode_equals_eager_backprop(scheme: str, grid: str, mode: str) -> None:
+    field, a0, b0, t = problem()
+    ref = gradients(loss_of(field, scheme, grid, "backprop"), field, a0, b0, t)
+    loss = loss_of(field, scheme, grid, "mali")
+    if mode != "mali":
+        loss = torch.compile(loss, backend=mode, fullgraph=True)
+    rtol = 1e-9 if mode != "inductor" else 1e-7
+    assert_close_all(gradients(loss, field, a0, b0, t), ref, rtol=rtol)
+
+
+class PerSample(nn.Module):
+    """One sample's loss, a module so that ``functional_call`` substitutes the field's weights."""
+
+    def __init__(self, field: nn.Module, scheme: str, grid: str, gradient: str) -> None:
+        super().__init__()
+        self.field, self.loss = field, loss_of(field, scheme, grid, gradient)
+        self.t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.loss(a[None], b[None], self.t)
+
+
+@pytest.mark.parametrize(("scheme", "grid", "mode"), cases("vmap"))
+def test_vmap_grad_equals_a_loop_of_eager_backprop(scheme: str, grid: str, mode: str) -> None:
+    field, a0, b0, _ = problem()
+    model = PerSample(field, scheme, grid, "mali")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p: dict[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+        return functional_call(model, p, (a, b))
+
+    batched = vmap(grad(loss), in_dims=(None, 0, 0))(params, a0, b0)
+    reference = PerSample(field, scheme, grid, "backprop")
+    for i in range(a0.shape[0]):
+        ref = torch.autograd.grad(reference(a0[i], b0[i]), list(field.parameters()))
+        assert_close_all([batched[k][i] for k in params], ref, rtol=1e-9)
+
+
+class Solve(nn.Module):
+    """``x -> (a, b)(t1)`` for ``x = cat(a0, b0)``: what export traces."""
+
+    def __init__(self, scheme: str) -> None:
+        super().__init__()
+        self.field = PairField(dtype=torch.float32)
+        self.scheme = scheme
+        self.register_buffer("t", torch.tensor([0.0, 0.4, 1.0]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = odeint(self.field, tuple(x.chunk(2, dim=-1)), self.t, n_steps=12,
+                      scheme=scheme_named(self.scheme))  # fmt: skip
+        return torch.cat([a, b], dim=-1)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_onnx_export_of_the_forward_equals_eager(scheme: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Solve(scheme).eval()
+    x = torch.randn(5, 6)
+    report = to_onnx(model, (x,), tmp_path / "solve.onnx")
+    session = ort.InferenceSession(str(tmp_path / "solve.onnx"))
+    with torch.no_grad():
+        want = model(x)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert report.max_abs_error < 1e-4
+    assert_close_all([torch.from_numpy(got)], [want], rtol=1e-5)
+
+
+def test_a_scheme_without_an_error_estimate_is_refused_adaptively() -> None:
+    field, a0, b0, t = problem()
+    with pytest.raises(ValueError, match=r"AdditiveCoupling.*step_with_error"):
+        odeint(field, (a0, b0), t, scheme=scheme_named("coupling"))
