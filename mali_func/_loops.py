@@ -172,7 +172,7 @@ class WhileLoops:
     def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
         _no_donated_buffers()
         leaves, rebuild = _flatten(carry)
-        leaves = [x.clone() for x in leaves]
+        leaves = [x.clone(memory_format=torch.contiguous_format) for x in leaves]
 
         def step(j: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
             j = j - 1 if reverse else j
@@ -210,7 +210,8 @@ class WhileLoops:
             bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
             return (it + 1, count + keep.long(), *_tensors(new), *bufs)
 
-        init = (_counter(like), _counter(like), *(x.clone() for x in leaves), *buffers)
+        contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
+        init = (_counter(like), _counter(like), *contiguous, *buffers)
         res = while_loop(test, step, init)
         return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
 
@@ -243,6 +244,7 @@ class ScanLoops:
         if reverse:
             raise NotImplementedError("export traces the forward pass only")
         leaves, rebuild = _flatten(carry)
+        leaves = [x.contiguous() for x in leaves]  # body outputs are contiguous: so must init be
         like = leaves[0]
         rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
 

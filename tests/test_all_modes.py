@@ -44,15 +44,17 @@ class PairField(nn.Module):
         return self.f(y[1]) * torch.cos(t), -self.g(y[0])
 
 
-GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-6, "atol": 1e-8}}
+# Damped ALF amplifies round-off by 1/|1 - 2 eta| per reverse step: a loose tolerance keeps the
+# adaptive solve short enough for its reconstruction to hold (tests/test_drift.py covers the rest).
+GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-3, "atol": 1e-5}}
 SCHEMES = ["alf", "alf_damped", "coupling"]
 
 
 def loss_of(field: nn.Module, scheme: str, grid: str, gradient: str):
+    method = scheme_named(scheme)  # outside: compiled code cannot import the example
+
     def loss(a0: Tensor, b0: Tensor, t: Tensor) -> Tensor:
-        a, b = odeint(
-            field, (a0, b0), t, scheme=scheme_named(scheme), gradient=gradient, **GRIDS[grid]
-        )
+        a, b = odeint(field, (a0, b0), t, scheme=method, gradient=gradient, **GRIDS[grid])
         return a.pow(2).mean() + b[1:].sin().sum()
 
     return loss
@@ -126,12 +128,12 @@ class Solve(nn.Module):
     def __init__(self, scheme: str) -> None:
         super().__init__()
         self.field = PairField(dtype=torch.float32)
-        self.scheme = scheme
+        self.scheme = scheme_named(scheme)
         self.register_buffer("t", torch.tensor([0.0, 0.4, 1.0]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = odeint(self.field, tuple(x.chunk(2, dim=-1)), self.t, n_steps=12,
-                      scheme=scheme_named(self.scheme))  # fmt: skip
+                      scheme=self.scheme)  # fmt: skip
         return torch.cat([a, b], dim=-1)
 
 
