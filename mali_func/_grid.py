@@ -34,6 +34,7 @@ end). The reverse pass adds each output's cotangent at the same step.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -47,8 +48,7 @@ class StepInfo(NamedTuple):
     i: Index  # the interval
     t: Tensor  # start time
     h: Tensor  # size
-    c: Tensor | float  # start, as a fraction of the interval
-    theta: Tensor | float  # size, as a fraction of the interval
+    fraction: Callable[[], tuple[Tensor | float, Tensor | float]]  # (c, theta), on demand
     ends: bool | Tensor  # an interior output t_{i+1} (i + 1 < M) follows this step
     active: Tensor | None  # the step is taken (recorded grids); None: always
 
@@ -131,7 +131,8 @@ class Grid:
 
     def add_time_grad(self, acc: Tensor, info: StepInfo, a_t: Tensor, a_h: Tensor) -> Tensor:
         """Chain a step's ``(a_t, a_h)`` to ``t_i`` and ``t_{i+1}`` (module docs)."""
-        d_end = info.c * a_t + info.theta * a_h
+        c, theta = info.fraction()
+        d_end = c * a_t + theta * a_h
         d_start = a_t - d_end
         if info.active is not None:
             d_end, d_start = (
@@ -172,12 +173,13 @@ class UniformGrid(Grid):
             i = _interval_of(self.offsets, j)
             k, n = j - self.offsets[i], self.counts[i]
             tk = self.starts[i] + k * self.sizes[i]
-            return StepInfo(i, tk, self.sizes[i], k / n, 1 / n, k == n - 1 and i + 1 < self.m, None)
+            ends = k == n - 1 and i + 1 < self.m
+            return StepInfo(i, tk, self.sizes[i], lambda: (k / n, 1 / n), ends, None)
         if self.m == 1:
             k, n = j, self.counts[0] if isinstance(self.counts, tuple) else self.counts
             h = self.sizes[0] if isinstance(self.counts, tuple) else self.sizes_t[0]
             kf, nf = k.to(h.dtype), (n if isinstance(n, int) else n.to(h.dtype))
-            return StepInfo(0, self.t[0] + kf * h, h, kf / nf, 1 / nf, False, None)
+            return StepInfo(0, self.t[0] + kf * h, h, lambda: (kf / nf, 1 / nf), False, None)
         if isinstance(self.counts, tuple):
             bounds = self.bounds
             i = (j >= bounds[1:-1]).long().sum()
@@ -191,7 +193,7 @@ class UniformGrid(Grid):
             h = take(self.sizes_t, i)
         kf, nf = k.to(h.dtype), n_i.to(h.dtype)
         ends = (k == n_i - 1) & (i + 1 < self.m)
-        return StepInfo(i, take(self.t, i) + kf * h, h, kf / nf, 1 / nf, ends, None)
+        return StepInfo(i, take(self.t, i) + kf * h, h, lambda: (kf / nf, 1 / nf), ends, None)
 
 
 class RecordedGrid(Grid):
@@ -207,4 +209,4 @@ class RecordedGrid(Grid):
         i, c, theta, ok, ends = (take(r, j) for r in self.records)
         ti, dt = span(self.t, i)
         interior: bool | Tensor = False if self.m == 1 else ends & ok & (i + 1 < self.m)
-        return StepInfo(i, ti + c * dt, theta * dt, c, theta, interior, ok)
+        return StepInfo(i, ti + c * dt, theta * dt, lambda: (c, theta), interior, ok)
