@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from ._grid import Records, span, write_row
+from ._grid import Records, buffers, span, write_row
 from ._loops import Loops
 from ._mode import is_concrete
 from .schemes import Field, Params, ReversibleScheme, State
@@ -162,7 +162,7 @@ def control(
     zero = torch.zeros((), dtype=torch.long, device=t.device)
     start = Carry(
         state=state,
-        outputs=tuple(y.unsqueeze(0).expand(m + 1, *y.shape).contiguous() for y in y0),
+        outputs=buffers(y0, m + 1),
         interval=zero,
         c=torch.zeros_like(t[0]),
         hmag=hmag,

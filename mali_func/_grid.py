@@ -1,18 +1,20 @@
 r"""Time grids: where each step of a solve lies, the outputs at the grid's times, and ``dL/dt``.
 
-A solve over output times :math:`t_0, \dots, t_M` runs steps numbered :math:`j = 0, \dots, N-1`.
-Step :math:`j` belongs to interval :math:`i` and starts at the fraction :math:`c` of it, with size
-:math:`\theta` of it:
+A solve over output times :math:`t_0, \dots, t_M` walks its steps in segments: segment :math:`s`
+holds ``length(s)`` steps, and step :math:`k` of it belongs to interval :math:`i`, starting at the
+fraction :math:`c` of the interval with size :math:`\theta` of it:
 
 .. math::
 
-    t_j = t_i + c\,(t_{i+1} - t_i), \qquad h_j = \theta\,(t_{i+1} - t_i).
+    t_{s,k} = t_i + c\,(t_{i+1} - t_i), \qquad h_{s,k} = \theta\,(t_{i+1} - t_i).
 
-* :class:`UniformGrid`: :math:`n_i` equal steps in interval :math:`i` (``n_steps``,
-  ``step_size``); step :math:`k` of the interval has :math:`c = k / n_i`, :math:`\theta = 1/n_i`
-  and is computed as :math:`t_i + k h_i`, :math:`h_i = (t_{i+1} - t_i) / n_i`.
-* :class:`RecordedGrid`: the steps an adaptive controller accepted, recorded as
-  :math:`(i, c, \theta)` (five scalars a step: the only memory that grows with the steps).
+* :class:`UniformGrid`: segment :math:`s` is interval :math:`s`, with :math:`n_s` equal steps
+  (``n_steps``, ``step_size``): :math:`c = k / n_s`, :math:`\theta = 1/n_s`, computed as
+  :math:`t_s + k h_s` with :math:`h_s = (t_{s+1} - t_s) / n_s`. The output at :math:`t_{s+1}` is
+  recorded after the segment.
+* :class:`RecordedGrid`: one segment, the steps an adaptive controller accepted, recorded as
+  :math:`(i, c, \theta)` (five scalars a step: the only memory that grows with the steps). A step
+  that ``ends`` an interval records the output that follows it.
 
 Step sizes are constants of the gradient; the times are not. With :math:`a_t, a_h` the cotangents
 of a step's start and size, the chain rule through the formula above gives (one function,
@@ -23,17 +25,14 @@ of a step's start and size, the chain rule through the formula above gives (one 
     \bar t_{i+1} \mathrel{+}= c\,a_t + \theta\,a_h, \qquad
     \bar t_i \mathrel{+}= a_t - (c\,a_t + \theta\,a_h).
 
-The solution is recorded at every :math:`t_i`: row 0 is :math:`y_0`, row :math:`M` the final
-state, and an interior row :math:`i + 1` is written after the step that ``ends`` interval
-:math:`i`. Whether a step ends an interval is a Python ``bool`` when the grid is walked with Python
-ints (eager uniform grids: outputs are a list), ``False`` when there is one interval, and a tensor
-otherwise (outputs are buffers; steps that end nothing write to row :math:`M`, overwritten at the
-end). The reverse pass adds each output's cotangent at the same step.
+Outputs: row 0 is :math:`y_0`, row :math:`M` the final state. When the segments are walked with
+Python ints the rows are a list; otherwise they are buffers written with ``index_copy`` (a step
+that ends nothing writes to row :math:`M`, which the final state overwrites). The reverse pass
+adds each output's cotangent where the forward pass recorded it.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -69,18 +68,15 @@ def span(t: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
     return pair[0], pair[1] - pair[0]
 
 
-def write_row(outs: tuple[Tensor, ...], slot: Tensor, ys: State) -> tuple[Tensor, ...]:
-    """Out-of-place ``outs[k][slot] = ys[k]`` (``slot`` a 0-dim index tensor)."""
-    return tuple(o.index_copy(0, slot.reshape(1), y.unsqueeze(0)) for o, y in zip(outs, ys))
+def write_row(outs: tuple[Tensor, ...], slot: Index, ys: State) -> tuple[Tensor, ...]:
+    """Out-of-place ``outs[k][slot] = ys[k]``."""
+    index = torch.as_tensor(slot, device=outs[0].device).reshape(1)
+    return tuple(o.index_copy(0, index, y.unsqueeze(0)) for o, y in zip(outs, ys))
 
 
-def _interval_of(offsets: list[int], j: int) -> int:
-    """The ``i`` with ``offsets[i] <= j < offsets[i + 1]`` (plain Python: dynamo traces it)."""
-    lo, hi = 0, len(offsets) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if offsets[mid] <= j else (lo, mid)
-    return lo
+def buffers(y0: State, rows: int) -> tuple[Tensor, ...]:
+    """``rows`` copies of each ``y0`` component, stacked (row 0 is ``y0``)."""
+    return tuple(y.unsqueeze(0).expand(rows, *y.shape).contiguous() for y in y0)
 
 
 class Grid:
@@ -88,46 +84,46 @@ class Grid:
 
     t: Tensor
     m: int
-    count: Count
-    python_ends: bool  # ``ends`` is a Python bool when walked with Python ints
+    segments: int
+    static_segments: bool  # walk the segments in Python (one segment, or unequal lengths)
+    step_outputs: bool  # some steps record an output (carried through the inner loop)
 
-    def at(self, j: Index) -> StepInfo:
+    def length(self, s: Index) -> Count:
         raise NotImplementedError
 
-    def new_outputs(self, y0: State, python_ints: bool) -> Any:
-        """Empty outputs: a list when walked with Python ints (eager), else buffers."""
-        if self.m == 1:
-            return ()
-        if self.python_ends and python_ints:
-            return []
-        return tuple(y.unsqueeze(0).expand(self.m + 1, *y.shape).contiguous() for y in y0)
+    def segment(self, s: Index) -> Any:
+        """What the steps of segment ``s`` share, computed once per segment."""
+        return s
 
-    def record(self, outs: Any, info: StepInfo, ys: State) -> Any:
+    def at(self, seg: Any, k: Index) -> StepInfo:
+        """Step ``k`` of the segment ``seg = segment(s)``."""
+        raise NotImplementedError
+
+    def new_outputs(self, y0: State, python: bool) -> Any:
+        """Empty outputs: a list when the segments are walked with Python ints, else buffers."""
+        return [] if python else buffers(y0, self.m + 1)
+
+    def record_step(self, outs: Any, info: StepInfo, ys: State) -> Any:
         if info.ends is False:
             return outs
-        if info.ends is True:
-            return [*outs, ys]
         return write_row(outs, torch.where(info.ends, info.i + 1, self.m), ys)
+
+    def record_segment(self, outs: Any, s: Index, ys: State) -> Any:
+        return outs
 
     def finish(self, outs: Any, y0: State, final: State) -> State:
         """The solution at every ``t_i``, shape ``(M + 1, *y.shape)`` per component."""
-        if self.m == 1:
-            return tuple(torch.stack([a, b]) for a, b in zip(y0, final))
         if isinstance(outs, list):
             return tuple(torch.stack(rows) for rows in zip(y0, *outs, final))
         return tuple(torch.cat([o[:-1], y.unsqueeze(0)]) for o, y in zip(outs, final))
 
     def inject(self, cot: State, info: StepInfo, g_out: State) -> State:
-        """Add the cotangent of the output that follows this step (reverse pass)."""
+        """Add the cotangent of the output that follows a step (recorded grids)."""
         if info.ends is False:
             return cot
-        n = len(g_out)
-        if info.ends is True:
-            added = tuple(c + take(g, info.i + 1) for c, g in zip(cot, g_out))
-        else:
-            rows = tuple(take(g, info.i + 1) for g in g_out)
-            added = tuple(c + torch.where(info.ends, r, 0) for c, r in zip(cot, rows))
-        return (*added, *cot[n:])
+        rows = tuple(take(g, info.i + 1) for g in g_out)
+        added = tuple(c + torch.where(info.ends, r, 0) for c, r in zip(cot, rows))
+        return (*added, *cot[len(g_out) :])
 
     def add_time_grad(self, acc: Tensor, info: StepInfo, a_t: Tensor, a_h: Tensor) -> Tensor:
         """Chain a step's ``(a_t, a_h)`` to ``t_i`` and ``t_{i+1}`` (module docs)."""
@@ -135,78 +131,73 @@ class Grid:
         d_end = c * a_t + theta * a_h
         d_start = a_t - d_end
         if info.active is not None:
-            d_end, d_start = (
-                torch.where(info.active, d_end, 0),
-                torch.where(info.active, d_start, 0),
-            )
-        i = info.i if isinstance(info.i, Tensor) else torch.tensor(info.i, device=acc.device)
+            d_end = torch.where(info.active, d_end, 0)
+            d_start = torch.where(info.active, d_start, 0)
+        i = torch.as_tensor(info.i, device=acc.device)
         return acc.index_add(0, torch.stack([i, i + 1]), torch.stack([d_start, d_end]))
 
 
 class UniformGrid(Grid):
-    """``counts[i]`` equal steps in interval ``i`` (a tuple), or ``n`` in each (a tensor).
+    """``counts[s]`` equal steps in interval ``s`` (a tuple), or ``n`` in each (a 0-dim tensor,
+    which keeps ``n_steps`` out of compiled graphs' guards)."""
 
-    A tuple of counts is walked with Python ints (eager) or tensors (export); a tensor count,
-    which keeps ``n_steps`` out of compiled graphs' guards, with tensors only.
-    """
+    step_outputs = False
 
     def __init__(self, t: Tensor, counts: tuple[int, ...] | Tensor) -> None:
         self.t, self.m = t, t.shape[0] - 1
-        self.counts = counts
-        if isinstance(counts, tuple):
-            self.count = sum(counts)
-            self.offsets = list(itertools.accumulate(counts, initial=0))
-            self.starts = [t[i] for i in range(self.m)]
-            self.sizes = [(t[i + 1] - t[i]) / n for i, n in enumerate(counts)]
-            self.python_ends = True
-            if self.m > 1:  # for a walk with tensor indices (export), made outside the loop
-                self.bounds = torch.tensor(self.offsets, device=t.device)
-                self.sizes_t = torch.stack(self.sizes)
-        else:
-            self.count = counts * self.m
-            self.sizes_t = (t[1:] - t[:-1]) / counts
-            self.python_ends = False
+        self.counts, self.segments = counts, self.m
+        per = counts if isinstance(counts, tuple) else (counts,) * self.m
+        self.sizes = [(t[s + 1] - t[s]) / n for s, n in enumerate(per)]
+        self.static_segments = self.m == 1 or (isinstance(counts, tuple) and len(set(counts)) > 1)
+        if not self.static_segments:  # indexed by a tensor in the loop: built outside it
+            self.sizes_t = torch.stack(self.sizes)
 
-    def at(self, j: Index) -> StepInfo:
-        if isinstance(j, int):
-            assert isinstance(self.counts, tuple)
-            i = _interval_of(self.offsets, j)
-            k, n = j - self.offsets[i], self.counts[i]
-            tk = self.starts[i] + k * self.sizes[i]
-            ends = k == n - 1 and i + 1 < self.m
-            return StepInfo(i, tk, self.sizes[i], lambda: (k / n, 1 / n), ends, None)
-        if self.m == 1:
-            k, n = j, self.counts[0] if isinstance(self.counts, tuple) else self.counts
-            h = self.sizes[0] if isinstance(self.counts, tuple) else self.sizes_t[0]
-            kf, nf = k.to(h.dtype), (n if isinstance(n, int) else n.to(h.dtype))
-            return StepInfo(0, self.t[0] + kf * h, h, lambda: (kf / nf, 1 / nf), False, None)
+    def length(self, s: Index) -> Count:
         if isinstance(self.counts, tuple):
-            bounds = self.bounds
-            i = (j >= bounds[1:-1]).long().sum()
-            n_i = take(bounds, i + 1) - take(bounds, i)
-            k = j - take(bounds, i)
-            h = take(self.sizes_t, i)
-        else:
-            n_i = self.counts
-            i = torch.div(j, n_i, rounding_mode="floor")
-            k = j - i * n_i
-            h = take(self.sizes_t, i)
-        kf, nf = k.to(h.dtype), n_i.to(h.dtype)
-        ends = (k == n_i - 1) & (i + 1 < self.m)
-        return StepInfo(i, take(self.t, i) + kf * h, h, lambda: (kf / nf, 1 / nf), ends, None)
+            return self.counts[s] if isinstance(s, int) else self.counts[0]
+        return self.counts
+
+    def segment(self, s: Index) -> tuple[Index, Tensor, Tensor, Count]:
+        """``(s, t_s, h_s, n_s)``."""
+        if isinstance(s, int):
+            return s, self.t[s], self.sizes[s], self.length(s)
+        return s, take(self.t, s), take(self.sizes_t, s), self.length(s)
+
+    def at(self, seg: tuple[Index, Tensor, Tensor, Count], k: Index) -> StepInfo:
+        s, ts, h, n = seg
+        if not isinstance(k, int):
+            k = k.to(h.dtype)
+            n = n if isinstance(n, int) else n.to(h.dtype)
+        return StepInfo(s, ts + k * h, h, lambda: (k / n, 1 / n), False, None)
+
+    def record_segment(self, outs: Any, s: Index, ys: State) -> Any:
+        """The output at ``t_{s+1}``, after segment ``s`` (the last one is the final state)."""
+        if isinstance(outs, list):
+            return outs if s == self.m - 1 else [*outs, ys]
+        return write_row(outs, s + 1, ys)
 
 
 class RecordedGrid(Grid):
-    """The recorded steps of an adaptive solve; ``count`` of them are valid."""
+    """The recorded steps of an adaptive solve, one segment; ``count`` of them are valid."""
 
-    python_ends = False
+    segments, static_segments = 1, True
+
+    @property
+    def step_outputs(self) -> bool:  # type: ignore[override]
+        return self.m > 1
 
     def __init__(self, t: Tensor, records: Records, count: Index) -> None:
         self.t, self.m = t, t.shape[0] - 1
         self.records, self.count = records, count
 
-    def at(self, j: Index) -> StepInfo:
-        i, c, theta, ok, ends = (take(r, j) for r in self.records)
+    def length(self, s: Index) -> Count:
+        return self.count
+
+    def at(self, seg: Any, k: Index) -> StepInfo:
+        i, c, theta, ok, ends = (take(r, k) for r in self.records)
         ti, dt = span(self.t, i)
         interior: bool | Tensor = False if self.m == 1 else ends & ok & (i + 1 < self.m)
         return StepInfo(i, ti + c * dt, theta * dt, lambda: (c, theta), interior, ok)
+
+    def new_outputs(self, y0: State, python: bool) -> Any:
+        return [] if self.m == 1 else buffers(y0, self.m + 1)

@@ -262,7 +262,8 @@ class ScanLoops:
 
 Loops = PythonLoops | WhileLoops | ScanLoops
 
-_BACKENDS = {Mode.EAGER: PythonLoops(), Mode.COMPILE: WhileLoops(), Mode.EXPORT: ScanLoops()}
+PYTHON = PythonLoops()
+_BACKENDS = {Mode.EAGER: PYTHON, Mode.COMPILE: WhileLoops(), Mode.EXPORT: ScanLoops()}
 
 
 def loops_for(mode: Mode) -> Loops:

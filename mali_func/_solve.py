@@ -31,11 +31,16 @@ from torch import Tensor
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
-from ._loops import Loops, PythonLoops
+from ._loops import PYTHON, Loops, PythonLoops, take
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
 N_STATS = len(SolveStats._fields)
+
+
+def _outer(loops: Loops, grid: Grid) -> Loops:
+    """The segments are walked in Python when there is one, or their lengths differ."""
+    return PYTHON if grid.static_segments else loops
 
 
 def forward(
@@ -48,18 +53,28 @@ def forward(
     n_out: int,
 ) -> tuple[State, State]:
     """Run every step of ``grid``; return the solution at every ``t_i`` and the final state."""
-    y0 = state[:n_out]
+    y0, outer = state[:n_out], _outer(loops, grid)
 
-    def body(j: Any, carry: tuple[State, Any]) -> tuple[State, Any]:
+    def segment(s: Any, carry: tuple[State, Any]) -> tuple[State, Any]:
+        seg = grid.segment(s)
+
+        def body(k: Any, inner: Any) -> Any:
+            x, outs = inner if grid.step_outputs else (inner, None)
+            info = grid.at(seg, k)
+            new = scheme.step(field, info.t, info.h, x, params)
+            if info.active is not None:
+                new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
+            if not grid.step_outputs:
+                return new
+            return new, grid.record_step(outs, info, new[:n_out])
+
         x, outs = carry
-        info = grid.at(j)
-        new = scheme.step(field, info.t, info.h, x, params)
-        if info.active is not None:
-            new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
-        return new, grid.record(outs, info, new[:n_out])
+        inner = loops.fori(grid.length(s), body, carry if grid.step_outputs else x)
+        x, outs = inner if grid.step_outputs else (inner, outs)
+        return x, grid.record_segment(outs, s, x[:n_out])
 
-    outs0 = grid.new_outputs(y0, python_ints=isinstance(loops, PythonLoops))
-    final, outs = loops.fori(grid.count, body, (state, outs0))
+    outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
+    final, outs = outer.fori(grid.segments, segment, (state, outs0))
     return grid.finish(outs, y0, final[:n_out]), final
 
 
@@ -80,28 +95,36 @@ def reverse(
     Returns the rebuilt initial state, its cotangent, the cotangents of ``params`` and of ``t``.
     """
     vjp = loops.vjp((grid.t, *final, *cot, *params))
+    n_out = len(g_out)
 
-    def body(j: Any, carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        x, a, acc, acc_t = carry
-        info = grid.at(j)
-        a = grid.inject(a, info, g_out)
-        prev, a_prev, a_t, a_h, a_p = scheme.reverse(
-            field, info.t, info.h, x, a, params, time_grad=time_grad, vjp=vjp
-        )
-        if info.active is not None:
-            ok = info.active
-            prev = tuple(torch.where(ok, p, q) for p, q in zip(prev, x))
-            a_prev = tuple(torch.where(ok, p, q) for p, q in zip(a_prev, a))
-            a_p = tuple(None if g is None else torch.where(ok, g, 0) for g in a_p)
-        acc = tuple(loops.add(s, d) for s, d in zip(acc, a_p))
-        if acc_t is not None and a_t is not None and a_h is not None:
-            acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
-        return prev, a_prev, acc, acc_t
+    def segment(s: Any, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        seg = grid.segment(s)
+
+        def body(k: Any, c: tuple[Any, ...]) -> tuple[Any, ...]:
+            x, a, acc, acc_t = c
+            info = grid.at(seg, k)
+            a = grid.inject(a, info, g_out)
+            prev, a_prev, a_t, a_h, a_p = scheme.reverse(
+                field, info.t, info.h, x, a, params, time_grad=time_grad, vjp=vjp
+            )
+            if info.active is not None:
+                ok = info.active
+                prev = tuple(torch.where(ok, p, q) for p, q in zip(prev, x))
+                a_prev = tuple(torch.where(ok, p, q) for p, q in zip(a_prev, a))
+                a_p = tuple(None if g is None else torch.where(ok, g, 0) for g in a_p)
+            acc = tuple(loops.add(s_, d) for s_, d in zip(acc, a_p))
+            if acc_t is not None and a_t is not None and a_h is not None:
+                acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
+            return prev, a_prev, acc, acc_t
+
+        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True)
+        # The output at the segment's start time: t_s (uniform), t_0 (recorded).
+        a = (*(c + take(g, s) for c, g in zip(a, g_out)), *a[n_out:])
+        return x, a, acc, acc_t
 
     acc_t0 = torch.zeros_like(grid.t) if time_grad else None
     carry = (final, cot, loops.accumulators(params), acc_t0)
-    state, cot, acc, acc_t = loops.fori(grid.count, body, carry, reverse=True)
-    cot = (*(c + g[0] for c, g in zip(cot, g_out)), *cot[len(g_out) :])
+    state, cot, acc, acc_t = _outer(loops, grid).fori(grid.segments, segment, carry, reverse=True)
     return state, cot, acc, acc_t
 
 
@@ -172,7 +195,7 @@ class Solve(torch.autograd.Function):
             grid = UniformGrid(t, spec.counts if n is None else n)
         else:
             records = Records(*saved[ns + n_p + ns : -1])
-            python = isinstance(spec.loops, PythonLoops)
+            python = spec.loops is PYTHON
             grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
         g_out = tuple(g.contiguous() for g in grads[:n_out])
         final = (*(y[-1] for y in trajs), *aux)
