@@ -10,10 +10,12 @@ from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
 from ._odeint import odeint
-from .schemes import ALF, ReversibleScheme
+from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleScheme
 
 __all__ = [
     "ALF",
+    "ButcherTableau",
+    "CoupledRK",
     "DriftMonitor",
     "ODEBlock",
     "ReconstructionWarning",

@@ -29,7 +29,7 @@ class ODEBlock(nn.Module):
             block then returns the states at those times stacked along a new first axis
             (``(len(t_eval), *x.shape)``) instead of the state at ``t1``.
         **odeint_options: keyword arguments of :func:`mali_func.odeint` (``n_steps``,
-            ``step_size``, ``eta``, ``gradient``, ``scheme``, ``monitor``,
+            ``step_size``, ``method``, ``eta``, ``coupling``, ``gradient``, ``scheme``, ``monitor``,
             ``reconstruction_tol``); ``n_steps`` or ``step_size`` is required.
 
     The time grid is a non-persistent buffer: it follows ``.to(device)`` and stays out of
@@ -88,6 +88,8 @@ class ODEBlock(nn.Module):
 _ODEINT_OPTIONS = {
     "n_steps",
     "step_size",
+    "method",
+    "coupling",
     "eta",
     "gradient",
     "scheme",

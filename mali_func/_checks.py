@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._mode import is_concrete
-from .schemes import ReversibleScheme
+from .schemes import ADAPTIVE_METHODS, ReversibleScheme
 
 GRADIENTS = ("mali", "backprop")
 
@@ -24,7 +24,10 @@ def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str) -> 
     """Refuse a scheme that lacks a method the solve needs, naming the scheme and the method."""
     missing = []
     if adaptive and not scheme.has("step_with_error"):
-        missing.append("step_with_error (adaptive steps; or give n_steps or step_size)")
+        missing.append(
+            "step_with_error, so it cannot choose its steps: give n_steps or step_size, or use a "
+            f"method that adapts ({', '.join(ADAPTIVE_METHODS)})"
+        )
     if gradient == "mali" and not (scheme.has("inverse") or scheme.has("reverse")):
         missing.append("inverse (gradient='mali'; or use gradient='backprop')")
     if missing:

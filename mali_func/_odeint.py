@@ -24,7 +24,7 @@ from ._field import bind_field, check_no_capture, check_output
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward, solve
-from .schemes import ALF, Field, Params, ReversibleScheme, State
+from .schemes import Field, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -34,7 +34,9 @@ def odeint(
     y0: TensorOrTuple,
     t: Tensor | Sequence[float],
     *,
-    eta: float = 1.0,
+    method: str | None = None,
+    eta: float | None = None,
+    coupling: float | None = None,
     n_steps: int | None = None,
     step_size: float | None = None,
     gradient: Literal["mali", "backprop"] = "mali",
@@ -59,8 +61,14 @@ def odeint(
             (e.g. ``(z, logp)``).
         t: 1-D, at least two strictly increasing or strictly decreasing times, same dtype and
             device as ``y0`` (a list of floats is converted).
-        eta: ALF damping in (0, 1], not 0.5; 1 is undamped ALF. Damped steps make the reverse
-            reconstruction amplify round-off by ``1/|1 - 2 eta|`` per step.
+        method: the scheme by name: ``"alf"`` (the default), or ``"midpoint"``, ``"heun"``,
+            ``"bosh3"``, ``"rk4"``, ``"dopri5"``: the *reversible coupling* of that Runge-Kutta
+            tableau (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), not the plain step.
+        eta: ALF damping in (0, 1], not 0.5; 1 (the default) is undamped ALF. Damped steps make
+            the reverse reconstruction amplify round-off by ``1/|1 - 2 eta|`` per step.
+        coupling: ``lambda`` in (0, 1] of the Runge-Kutta methods (default 0.9): near 1 the
+            forward pass is unstable on contracting dynamics, small values amplify round-off in
+            the reverse reconstruction.
         n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
@@ -68,8 +76,8 @@ def odeint(
         gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve) or
             ``"backprop"`` (autograd through every step, memory linear in the steps).
         args: extra tensors passed to ``func`` and differentiated.
-        scheme: a :class:`~mali_func.schemes.ReversibleScheme` other than ALF; ``eta`` must then
-            stay at its default.
+        scheme: any :class:`~mali_func.schemes.ReversibleScheme` instead of ``method`` (then
+            without ``eta`` or ``coupling``).
         monitor: a :class:`DriftMonitor` that receives the reconstruction error of the backward.
         reconstruction_tol: warn with :class:`ReconstructionWarning` when the relative
             reconstruction error of a MALI backward exceeds it (one host read per backward, eager
@@ -98,12 +106,7 @@ def odeint(
     if not isinstance(stats, bool):
         raise TypeError(f"stats must be a bool, got {type(stats).__name__}")
     check_options(gradient, reconstruction_tol, monitor, DriftMonitor)
-    if scheme is None:
-        scheme = ALF(eta)
-    elif not isinstance(scheme, ReversibleScheme):
-        raise TypeError(f"scheme must be a ReversibleScheme, got {type(scheme).__name__}")
-    elif eta != 1.0:
-        raise ValueError("eta configures the default ALF scheme; set it on the scheme instead")
+    scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=gradient)
 
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))

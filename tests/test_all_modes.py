@@ -1,10 +1,11 @@
 """Every scheme through every mode, on fixed and adaptive grids, against eager backprop.
 
-Schemes: ALF (eta 1 and 0.8) and the user-defined additive coupling of
-``examples/custom_scheme.py``. Modes: eager MALI, ``vmap(grad)`` (per-sample gradients against a
-loop of eager backprop), ``torch.compile(fullgraph=True)`` with aot_eager and inductor, and the
-ONNX export of the forward (onnxruntime against eager). Adaptive grids run for the schemes with an
-error estimate; the coupling has none and is refused there.
+Schemes: ALF (eta 1 and 0.8), the reversible coupling of Dormand-Prince 5(4), and the
+user-defined additive coupling of ``examples/custom_scheme.py``. Modes: eager MALI,
+``vmap(grad)`` (per-sample gradients against a loop of eager backprop),
+``torch.compile(fullgraph=True)`` with aot_eager and inductor, and the ONNX export of the forward
+(onnxruntime against eager). Adaptive grids run for the schemes with an error estimate; the
+additive coupling has none and is refused there.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from helpers import F64, assert_close_all, load_example
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from mali_func import ALF, ReversibleScheme, odeint
+from mali_func import ALF, CoupledRK, ReversibleScheme, odeint
 from mali_func.export import to_onnx
+from mali_func.schemes import TABLEAUS
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -25,6 +27,8 @@ pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 def scheme_named(name: str) -> ReversibleScheme:
     if name == "coupling":
         return load_example("custom_scheme").AdditiveCoupling()
+    if name == "dopri5":
+        return CoupledRK(TABLEAUS["dopri5"], coupling=0.9)
     return ALF(1.0 if name == "alf" else 0.8)
 
 
@@ -47,7 +51,7 @@ class PairField(nn.Module):
 # Damped ALF amplifies round-off by 1/|1 - 2 eta| per reverse step: a loose tolerance keeps the
 # adaptive solve short enough for its reconstruction to hold (tests/test_drift.py covers the rest).
 GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-3, "atol": 1e-5}}
-SCHEMES = ["alf", "alf_damped", "coupling"]
+SCHEMES = ["alf", "alf_damped", "coupling", "dopri5"]
 
 
 def loss_of(field: nn.Module, scheme: str, grid: str, gradient: str):

@@ -1,6 +1,23 @@
 """Reversible one-step schemes: pure step and inverse functions, one scheme per module."""
 
 from ._alf import ALF
+from ._coupled import CoupledRK
+from ._methods import ADAPTIVE_METHODS, DEFAULT_COUPLING, METHODS, scheme_for
 from ._scheme import VJP, Field, Params, ReversibleScheme, State
+from ._tableau import TABLEAUS, ButcherTableau
 
-__all__ = ["ALF", "VJP", "Field", "Params", "ReversibleScheme", "State"]
+__all__ = [
+    "ADAPTIVE_METHODS",
+    "ALF",
+    "DEFAULT_COUPLING",
+    "METHODS",
+    "TABLEAUS",
+    "VJP",
+    "ButcherTableau",
+    "CoupledRK",
+    "Field",
+    "Params",
+    "ReversibleScheme",
+    "State",
+    "scheme_for",
+]

@@ -1,0 +1,147 @@
+r"""Explicit Runge-Kutta steps from Butcher tableaus.
+
+A tableau :math:`(A, b, c)` with :math:`s` stages gives the increment
+
+.. math::
+
+    k_i = f\Big(t + c_i h,\ y + h \sum_{j<i} a_{ij} k_j\Big), \qquad
+    \Psi_h(t, y) = h \sum_i b_i k_i,
+
+so that one step is :math:`y' = y + \Psi_h(t, y)`. An embedded row :math:`\hat b` gives the
+local error estimate :math:`e = h \sum_i (b_i - \hat b_i) k_i` of order ``error_order``. The stage
+loop is a Python loop over the (few, static) stages, so it traces under ``torch.compile`` and
+export like any other code. Coefficients are the published ones: Runge's midpoint and Heun's
+method, Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ._scheme import Field, Params, State
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge-Kutta method.
+
+    Args:
+        name: for messages.
+        a: the strictly lower triangular stage matrix, row ``i`` holding ``i`` entries.
+        b: the weights (sum 1).
+        c: the nodes (``c_i = sum_j a_ij``).
+        order: order of the solution.
+        b_error: optional ``b - b_hat`` of an embedded pair (sums to 0).
+        error_order: order of the embedded estimate (``order - 1`` if not given).
+    """
+
+    name: str
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
+
+    def __post_init__(self) -> None:
+        s = len(self.b)
+        if len(self.c) != s or len(self.a) != s:
+            raise ValueError(f"tableau {self.name}: a, b and c must have {s} stages each")
+        for i, row in enumerate(self.a):
+            if len(row) != i:
+                raise ValueError(f"tableau {self.name}: row {i} of a must hold {i} entries")
+            if not math.isclose(sum(row), self.c[i], abs_tol=1e-12):
+                raise ValueError(
+                    f"tableau {self.name}: row {i} of a sums to {sum(row)}, not to c[{i}] = "
+                    f"{self.c[i]}"
+                )
+        if not math.isclose(sum(self.b), 1.0, abs_tol=1e-12):
+            raise ValueError(f"tableau {self.name}: the weights b sum to {sum(self.b)}, not 1")
+        if self.b_error is not None:
+            if len(self.b_error) != s:
+                raise ValueError(f"tableau {self.name}: b_error must have {s} entries")
+            if not math.isclose(sum(self.b_error), 0.0, abs_tol=1e-12):
+                raise ValueError(f"tableau {self.name}: b_error must sum to 0")
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
+
+    def increment(
+        self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *, error: bool = False
+    ) -> tuple[State, State | None]:
+        """``Psi_h(t, y)`` and, with ``error``, the embedded error estimate."""
+        ks: list[State] = []
+        for i in range(self.stages):
+            yi = y
+            for j, a in enumerate(self.a[i]):
+                if a != 0.0:
+                    yi = tuple(x + (a * h) * k for x, k in zip(yi, ks[j]))
+            ks.append(field(t + self.c[i] * h, yi, params))
+        psi = _combine(self.b, ks, h)
+        if not error:
+            return psi, None
+        assert self.b_error is not None
+        return psi, _combine(self.b_error, ks, h)
+
+
+def _combine(weights: tuple[float, ...], ks: list[State], h: Tensor) -> State:
+    """``h * sum_i w_i k_i`` per component, skipping zero weights."""
+    out: list[Tensor] = []
+    for n in range(len(ks[0])):
+        total: Tensor | None = None
+        for w, k in zip(weights, ks):
+            if w != 0.0:
+                total = w * k[n] if total is None else total + w * k[n]
+        assert total is not None
+        out.append(h * total)
+    return tuple(out)
+
+
+def _embedded(b: tuple[float, ...], b_hat: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(x - y for x, y in zip(b, b_hat))
+
+
+MIDPOINT = ButcherTableau("midpoint", ((), (0.5,)), (0.0, 1.0), (0.0, 0.5), order=2)
+HEUN = ButcherTableau("heun", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), order=2)
+BOSH3 = ButcherTableau(
+    "bosh3",
+    ((), (1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+    (2 / 9, 1 / 3, 4 / 9, 0.0),
+    (0.0, 1 / 2, 3 / 4, 1.0),
+    order=3,
+    b_error=_embedded((2 / 9, 1 / 3, 4 / 9, 0.0), (7 / 24, 1 / 4, 1 / 3, 1 / 8)),
+    error_order=2,
+)
+RK4 = ButcherTableau(
+    "rk4",
+    ((), (1 / 2,), (0.0, 1 / 2), (0.0, 0.0, 1.0)),
+    (1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    (0.0, 1 / 2, 1 / 2, 1.0),
+    order=4,
+)
+_DOPRI_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+DOPRI5 = ButcherTableau(
+    "dopri5",
+    (
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        _DOPRI_B[:6],
+    ),
+    _DOPRI_B,
+    (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    order=5,
+    b_error=_embedded(
+        _DOPRI_B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+    ),
+    error_order=4,
+)
+
+TABLEAUS = {tab.name: tab for tab in (MIDPOINT, HEUN, BOSH3, RK4, DOPRI5)}
