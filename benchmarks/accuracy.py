@@ -41,7 +41,16 @@ from torch import Tensor
 FULL = {"t1": 10.0, "steps": [10, 30, 100, 300, 1000], "tols": [10.0**-k for k in range(3, 11)]}
 QUICK = {"t1": 2.0, "steps": [10, 30], "tols": [1e-3, 1e-5]}
 BUDGET = 2500  # field evaluations: the summary reports each series' best error within it
-FIXED = ("mali", "mali_eta09", "backprop", "tde_adjoint", "tde_backprop", "tdep_mali")
+FIXED = (
+    "mali",
+    "mali_eta09",
+    "backprop",
+    "rk4_mali",
+    "tsit5_mali",
+    "tde_adjoint",
+    "tde_backprop",
+    "tdep_mali",
+)
 ADAPTIVE = ("dopri5_adjoint", "dopri5_backprop")
 SERIES_LABELS = {
     **LABELS,

@@ -6,6 +6,8 @@ through their own public entry points:
 
 * torchdiffeq ``odeint`` / ``odeint_adjoint`` with classical RK4 (four field evaluations a step;
   the adjoint solves the augmented system backwards with the same fixed grid);
+* ours also with ``method="rk4"`` / ``"tsit5"``: the reversible coupling of that tableau
+  (default coupling), eight / fourteen field evaluations a step;
 * TorchDiffEqPack ``odesolve_adjoint_sym12`` with ``fixedstep_sym12async``: the MALI paper's own
   package (ALF, constant memory).
 """
@@ -27,6 +29,9 @@ LABELS = {
     "tde_adjoint": "torchdiffeq odeint_adjoint, rk4",
     "tde_backprop": "torchdiffeq odeint, rk4, backprop",
     "tdep_mali": "TorchDiffEqPack MALI (sym12async)",
+    "rk4_mali": "mali-func MALI, reversible RK4",
+    "rk4_backprop": "mali-func reversible RK4, backprop",
+    "tsit5_mali": "mali-func MALI, reversible Tsit5",
 }
 #: Line styles shared by every plot, so one method looks the same everywhere.
 STYLES = {
@@ -35,6 +40,9 @@ STYLES = {
     "tde_adjoint": {"color": "C1", "marker": "^"},
     "tde_backprop": {"color": "C1", "marker": "v", "linestyle": "--"},
     "tdep_mali": {"color": "C2", "marker": "D"},
+    "rk4_mali": {"color": "C5", "marker": "o"},
+    "rk4_backprop": {"color": "C5", "marker": "s", "linestyle": "--"},
+    "tsit5_mali": {"color": "C6", "marker": "P"},
 }
 
 
@@ -95,6 +103,9 @@ MAKERS: dict[str, Maker] = {
     "tde_adjoint": _torchdiffeq(adjoint=True),
     "tde_backprop": _torchdiffeq(adjoint=False),
     "tdep_mali": _tdep_mali,
+    "rk4_mali": _ours("mali", method="rk4"),
+    "rk4_backprop": _ours("backprop", method="rk4"),
+    "tsit5_mali": _ours("mali", method="tsit5"),
 }
 METHODS = tuple(MAKERS)
 

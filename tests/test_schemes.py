@@ -149,3 +149,11 @@ def test_bad_input() -> None:
         ButcherTableau("bad", ((), (0.4,)), (0.5, 0.5), (0.0, 0.5), order=2)
     with pytest.raises(ValueError, match="weights b sum"):
         ButcherTableau("bad", ((), (0.5,)), (0.5, 0.6), (0.0, 0.5), order=2)
+
+
+def test_backward_evaluates_each_stage_once_per_half_step(field: MLPField) -> None:
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    ys = odeint(field, y0, [0.0, 1.0], n_steps=10, method="rk4")
+    field.calls = 0
+    ys[-1].sum().backward()
+    assert field.calls == 10 * 2 * 4  # 10 steps, two base steps of four stages, each under a VJP

@@ -68,7 +68,8 @@ class CoupledRK(ReversibleScheme):
         return super().has(method)
 
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
-        return (*y0, *y0)
+        # z0 = y0 as its own tensor: torch.compile refuses one tensor passed twice to a Function.
+        return (*y0, *(y.clone() for y in y0))
 
     def _forward(
         self, field: Field, t: Tensor, h: Tensor, state: State, params: Params, error: bool

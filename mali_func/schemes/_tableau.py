@@ -11,7 +11,8 @@ so that one step is :math:`y' = y + \Psi_h(t, y)`. An embedded row :math:`\hat b
 local error estimate :math:`e = h \sum_i (b_i - \hat b_i) k_i` of order ``error_order``. The stage
 loop is a Python loop over the (few, static) stages, so it traces under ``torch.compile`` and
 export like any other code. Coefficients are the published ones: Runge's midpoint and Heun's
-method, Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980).
+method, Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980),
+Tsitouras (2011).
 """
 
 from __future__ import annotations
@@ -144,4 +145,45 @@ DOPRI5 = ButcherTableau(
     error_order=4,
 )
 
-TABLEAUS = {tab.name: tab for tab in (MIDPOINT, HEUN, BOSH3, RK4, DOPRI5)}
+_TSIT_B = (
+    0.09646076681806523,
+    0.01,
+    0.4798896504144996,
+    1.379008574103742,
+    -3.290069515436081,
+    2.324710524099774,
+    0.0,
+)
+TSIT5 = ButcherTableau(
+    "tsit5",
+    (
+        (),
+        (0.161,),
+        (-0.008480655492356989, 0.335480655492357),
+        (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
+        (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+        (
+            5.86145544294642,
+            -12.92096931784711,
+            8.159367898576159,
+            -0.071584973281401,
+            -0.028269050394068383,
+        ),
+        _TSIT_B[:6],
+    ),
+    _TSIT_B,
+    (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
+    order=5,
+    b_error=(
+        -0.00178001105222577714,
+        -0.0008164344596567469,
+        0.007880878010261995,
+        -0.1447110071732629,
+        0.5823571654525552,
+        -0.45808210592918697,
+        0.015151515151515152,
+    ),
+    error_order=4,
+)
+
+TABLEAUS = {tab.name: tab for tab in (MIDPOINT, HEUN, BOSH3, RK4, DOPRI5, TSIT5)}
