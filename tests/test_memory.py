@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import torch
 from conftest import MLPField
@@ -35,3 +37,20 @@ def test_backprop_saved_bytes_grow_linearly(field: MLPField) -> None:
     assert b20 - b10 > 0
     assert (b40 - b20) == pytest.approx(2 * (b20 - b10), rel=0.05)
     assert saved_bytes(field, 40, "mali") < b10
+
+
+def test_python_memory_does_not_grow_with_the_number_of_steps() -> None:
+    """No per-step objects: the grid computes each step's time from its index."""
+    field = MLPField(dim=2, hidden=4)
+    y0 = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        odeint(field, y0, [0.0, 1.0], n_steps=n)[-1].sum().backward()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    peak(10)
+    small, large = peak(1_000), peak(8_000)
+    assert large - small < 64 * 1024, (small, large)
