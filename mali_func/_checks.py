@@ -62,6 +62,8 @@ def check_y0(y0: Any) -> tuple[tuple[Tensor, ...], bool]:
 
 def check_t(t: Any, like: Tensor) -> Tensor:
     """``t`` as a 1-D tensor on ``like``'s dtype and device, strictly monotonic."""
+    if type(t).__module__ == "numpy" and hasattr(t, "tolist"):  # an array: like a list
+        t = t.tolist()
     if isinstance(t, (list, tuple)) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in t
     ):
@@ -110,8 +112,13 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
             "torch.func transform; pass n_steps instead"
         )
     spans: Sequence[float] = (t[1:] - t[:-1]).abs().tolist()
+    counts = [span / step_size * (1 - 1e-12) for span in spans]
+    if not all(math.isfinite(c) and c < 2**62 for c in counts):
+        raise ValueError(
+            f"step_size={step_size!r} is too small: it gives more steps than can be counted"
+        )
     # The tiny relative slack keeps ceil(1.0 / 0.1) at 10 despite round-off.
-    return tuple(max(1, math.ceil(span / step_size * (1 - 1e-12))) for span in spans)
+    return tuple(max(1, math.ceil(c)) for c in counts)
 
 
 def check_options(gradient: Any, reconstruction_tol: Any, monitor: Any, monitor_type: type) -> None:

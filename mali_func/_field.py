@@ -13,7 +13,8 @@ need a gradient for must enter as an explicit input:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,39 @@ class BoundField:
     field: Field
     params: Params
     names: tuple[str, ...]
+    module: nn.Module | None = None
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Entered while the reverse pass re-evaluates the field: batch-norm layers in training
+        mode normalise with the batch's statistics as in the forward pass, but do not update their
+        running statistics a second time (so buffers match ``gradient="backprop"``)."""
+        norms = [] if self.module is None else [
+            m for m in self.module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            and m.track_running_stats
+        ]  # fmt: skip
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+
+
+def check_replayable(func: Any, gradient: str) -> None:
+    """MALI re-evaluates the field backwards in time: a random layer cannot replay its draw."""
+    if gradient != "mali" or not isinstance(func, nn.Module):
+        return
+    for name, m in func.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise ValueError(
+                f"func's {type(m).__name__} layer {name or '(the field)'!r} is in training mode: "
+                "the MALI reverse pass re-evaluates the field and cannot replay its random "
+                "mask, so the gradient would be wrong; call .eval() on it for the solve, or use "
+                "gradient='backprop'"
+            )
 
 
 def bind_field(
@@ -89,7 +123,8 @@ def bind_field(
             out = torch.func.functional_call(module, substituted, (t, unpack(y), *extra))
         return _as_state(out, tuple_state=tuple_state, n=n_state)
 
-    return BoundField(modular, (*own, *args), (*names, *(f"args[{i}]" for i in range(n_args))))
+    names = (*names, *(f"args[{i}]" for i in range(n_args)))
+    return BoundField(modular, (*own, *args), names, module)
 
 
 def check_output(out: State, y0: State) -> None:

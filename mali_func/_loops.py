@@ -44,7 +44,7 @@ from torch import Tensor
 from torch._higher_order_ops import scan, while_loop
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from ._mode import Mode, is_concrete
+from ._mode import Mode, host_view, is_concrete
 from ._vjp import choose_vjp
 from .schemes import VJP, Params
 
@@ -72,9 +72,8 @@ def take(x: Tensor, j: Index) -> Tensor:
 
 def _host_any(flag: Tensor) -> bool:
     """``flag.any()`` on the host, across a vmapped batch too (one sync)."""
-    x = flag
-    while torch._C._functorch.is_functorch_wrapped_tensor(x):
-        x = torch._C._functorch.get_unwrapped(x)
+    x = host_view(flag)
+    assert x is not None
     return bool(x.any())
 
 
@@ -114,6 +113,14 @@ class PythonLoops:
         return carry, tuple(r.index_select(0, index) for r in records), index.numel()
 
     def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
+        if torch.is_grad_enabled() and all(is_concrete(x) for x in tensors):
+            # Autograd's create_graph=True: differentiating the reverse pass this way gave wrong
+            # second derivatives for the Runge-Kutta couplings (right for ALF), so it is refused.
+            raise RuntimeError(
+                "create_graph=True (a double backward) through a MALI solve is not supported; "
+                "use torch.func (e.g. torch.func.grad(torch.func.grad(f)), torch.func.hessian), "
+                "which differentiates the reverse pass exactly, or gradient='backprop'"
+            )
         return choose_vjp(tensors)
 
     def accumulators(self, params: Params) -> tuple[Tensor | None, ...]:

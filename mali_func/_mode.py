@@ -41,6 +41,16 @@ def tracing() -> bool:
     return current() is not Mode.EAGER
 
 
+def host_view(x: Tensor) -> Tensor | None:
+    """The plain tensor under :mod:`torch.func` wrappers (all samples of a ``vmap``), which eager
+    code may read; ``None`` while tracing."""
+    if tracing():
+        return None
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x
+
+
 def is_concrete(x: Tensor) -> bool:
     """True for an ordinary eager tensor whose value may be read on the host."""
     if tracing():

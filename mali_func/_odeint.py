@@ -20,11 +20,11 @@ from . import _mode
 from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
 from ._control import SolveStats, Tolerances, control
 from ._drift import DriftMonitor
-from ._field import bind_field, check_no_capture, check_output
+from ._field import BoundField, bind_field, check_no_capture, check_output, check_replayable
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward, solve
-from .schemes import Field, Params, ReversibleScheme, State, scheme_for
+from .schemes import Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -109,6 +109,7 @@ def odeint(
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=gradient)
 
+    check_replayable(func, gradient)
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
     if not isinstance(func, nn.Module):
         check_no_capture(bound, t[0], state)
@@ -128,8 +129,8 @@ def odeint(
     if steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
     trajectories, solve_stats = _dispatch(
-        _mode.current(), scheme, bound.field, t, start, bound.params, len(state), steps, tol,
-        gradient, reconstruction_tol, probe,
+        _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
+        reconstruction_tol, probe,
     )  # fmt: skip
     if solve_stats is None:
         assert steps is not None
@@ -142,10 +143,9 @@ def odeint(
 def _dispatch(
     mode: _mode.Mode,
     scheme: ReversibleScheme,
-    field: Field,
+    bound: BoundField,
     t: Tensor,
     start: State,
-    params: Params,
     n_out: int,
     steps: tuple[int, ...] | None,
     tol: Tolerances | None,
@@ -154,6 +154,7 @@ def _dispatch(
     probe: Tensor | None,
 ) -> tuple[State, SolveStats | None]:
     """Pick the loop backend and the gradient path of one solve."""
+    field, params = bound.field, bound.params
     loops = loops_for(mode)
     wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
     python = loops_for(_mode.Mode.EAGER)
@@ -198,5 +199,6 @@ def _dispatch(
         tol=tol,
         controller=None,
         reconstruction_tol=reconstruction_tol,
+        replay=bound.replaying,
     )
     return solve(spec, t, n, probe, start, params)

@@ -22,6 +22,9 @@ differentiates with :func:`torch.func.vjp` under transforms, so ``vmap(grad(...)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,15 +144,17 @@ class Spec:
     tol: Tolerances | None  # adaptive solves only
     controller: Controller | None
     reconstruction_tol: float | None
+    replay: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
 
 class Solve(torch.autograd.Function):
     """``apply(spec, t, n, probe, *state0, *params)``.
 
-    Returns ``(*trajectories, *aux_final)`` on a fixed grid (``counts``, or ``n`` steps per
-    interval as a 0-dim tensor) and ``(*trajectories, *aux_final, *records, count, *stats)``
-    adaptively. ``probe`` is a :class:`~mali_func.DriftMonitor` leaf (or ``None``) whose gradient
-    is the relative reconstruction error of the backward pass.
+    Returns ``(*trajectories, *final_state)`` on a fixed grid (``counts``, or ``n`` steps per
+    interval as a 0-dim tensor) and ``(*trajectories, *final_state, *records, count, *stats)``
+    adaptively (records and stats are not differentiable). ``probe`` is a
+    :class:`~mali_func.DriftMonitor` leaf (or ``None``) whose gradient is the relative
+    reconstruction error of the backward pass.
     """
 
     generate_vmap_rule = True
@@ -164,22 +169,24 @@ class Solve(torch.autograd.Function):
             trajs, final = forward(
                 spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out
             )
-            return (*trajs, *final[spec.n_out :])
+            return (*trajs, *final)
         trajs, final, records, count, stats = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
             spec.controller,
         )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
-        return (*trajs, *final[spec.n_out :], *records, count_t, *stats)
+        return (*trajs, *final, *records, count_t, *stats)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         spec, t, n, probe, *tensors = inputs
         ctx.spec, ctx.has_probe, ctx.has_n = spec, probe is not None, n is not None
-        if spec.tol is not None:
-            ctx.mark_non_differentiable(*output[spec.n_state :])
-            output = output[: len(output) - N_STATS]
-        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
+        # Only the trajectories are the user's; the backward starts from the final state, kept as
+        # outputs of its own, so in-place changes to the trajectories (ReLU(inplace=True)) are safe.
+        # (The final state stays differentiable: torch.func's second derivatives flow through it.)
+        kept = output[spec.n_out : len(output) - (0 if spec.tol is None else N_STATS)]
+        ctx.mark_non_differentiable(*output[spec.n_out + spec.n_state :])
+        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *kept)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -189,7 +196,7 @@ class Solve(torch.autograd.Function):
         ns, n_out = spec.n_state, spec.n_out
         n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
         state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
-        trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
+        final = tuple(saved[ns + n_p : ns + n_p + ns])
         grid: Grid
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
@@ -198,12 +205,13 @@ class Solve(torch.autograd.Function):
             python = spec.loops is PYTHON
             grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
         g_out = tuple(g.contiguous() for g in grads[:n_out])
-        final = (*(y[-1] for y in trajs), *aux)
-        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
+        g_final = grads[n_out : n_out + ns]
+        cot = (*(g[-1] + c for g, c in zip(g_out, g_final)), *g_final[n_out:])
         time_grad = bool(ctx.needs_input_grad[1])
-        state, cot, acc, grad_t = reverse(
-            spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
-        )
+        with spec.replay():
+            state, cot, acc, grad_t = reverse(
+                spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
+            )
         error = reconstruction_error(state, state0)
         warn_if_drifted(error, spec.reconstruction_tol)
         return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)

@@ -52,16 +52,16 @@ def _unflatten(flat: list[Any], sizes: list[int]) -> tuple[Any, ...]:
 def autograd_vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[Any], Any]]:
     """``torch.func.vjp`` for ordinary eager tensors, through :func:`torch.autograd.grad`.
 
-    Each primal is a tensor or a flat tuple of tensors, and so is the output. Tensors that
-    already require grad are used as they are (so a module's parameters keep their identity). Of
-    the others, those in every primal but the last (states, times) get a detached copy that
-    requires grad; those in the last primal (the parameters, by the engine's convention) get no
-    cotangent, which comes back as ``None``.
+    Each primal is a tensor or a flat tuple of tensors, and so is the output. Every primal but the
+    last (states, times) gets a detached copy that requires grad, so the pullback never reaches
+    into the graph they came from. In the last primal (the parameters, by the engine's
+    convention) tensors that require grad are used as they are (so a module's parameters keep
+    their identity) and the others get no cotangent, which comes back as ``None``.
     """
     flat, sizes = _flatten(primals)
     always = len(flat) - (1 if sizes[-1] < 0 else sizes[-1])
     leaves = [
-        x.detach().requires_grad_() if i < always and not x.requires_grad else x
+        x.detach().requires_grad_() if i < always else x
         for i, x in enumerate(flat)
     ]
     with torch.enable_grad():
@@ -73,9 +73,18 @@ def autograd_vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[
 
     def pullback(cotangent: Any) -> tuple[Any, ...]:
         cot_flat = [cotangent] if single else list(cotangent)
-        grads = torch.autograd.grad(
-            out_flat, inputs, cot_flat, allow_unused=True, materialize_grads=True
-        )
+        # Outputs that do not depend on the inputs (a field constant in y) carry no gradient.
+        live = [(o, c) for o, c in zip(out_flat, cot_flat) if o.requires_grad]
+        if not live:
+            grads = tuple(torch.zeros_like(x) for x in inputs)
+        else:
+            grads = torch.autograd.grad(
+                [o for o, _ in live],
+                inputs,
+                [c for _, c in live],
+                allow_unused=True,
+                materialize_grads=True,
+            )
         result: list[Any] = [None] * len(leaves)
         for i, g in zip(wanted, grads):
             result[i] = g

@@ -1,0 +1,148 @@
+"""Edge cases a hostile user tries: each gets the right answer or an error that names the cause."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MLPField
+from helpers import F64, assert_close_all
+from torch import Tensor, nn
+
+from mali_func import ODEBlock, ReconstructionWarning, odeint
+
+
+def test_t_as_a_numpy_array_is_accepted_like_a_list(field: MLPField) -> None:
+    y0 = torch.randn(2, 3, dtype=F64)
+    got = odeint(field, y0, np.array([0.0, 0.5, 1.0]), n_steps=4)
+    want = odeint(field, y0, [0.0, 0.5, 1.0], n_steps=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_step_size_too_small_to_count_is_refused(field: MLPField) -> None:
+    with pytest.raises(ValueError, match="step_size=5e-324 is too small"):
+        odeint(field, torch.randn(2, 3, dtype=F64), [0.0, 1.0], step_size=5e-324)
+
+
+@pytest.mark.parametrize("gradient", ["mali", "backprop"])
+def test_an_empty_batch_gives_empty_gradients(field: MLPField, gradient: str) -> None:
+    y0 = torch.zeros(0, 3, dtype=F64, requires_grad=True)
+    ys = odeint(field, y0, [0.0, 1.0], n_steps=5, gradient=gradient)
+    ys.sum().backward()
+    assert y0.grad is not None and y0.grad.shape == (0, 3)
+
+
+class Constant(nn.Module):
+    """A field that ignores ``y``: its output does not depend on the state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=F64))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.ones_like(y) * self.rate * torch.cos(t)
+
+
+def test_a_field_that_ignores_the_state_gets_the_backprop_gradient() -> None:
+    field = Constant()
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64, requires_grad=True)
+    results = []
+    for gradient in ("mali", "backprop"):
+        ys = odeint(field, y0, t, n_steps=6, gradient=gradient)
+        results.append(torch.autograd.grad(ys.pow(2).sum(), [y0, t, field.rate]))
+    assert_close_all(results[0], results[1], rtol=1e-10)
+
+
+def test_a_field_of_nothing_that_requires_grad_gives_the_backprop_gradient() -> None:
+    def ones(t: Tensor, y: Tensor) -> Tensor:
+        return torch.ones_like(y)
+
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    results = []
+    for gradient in ("mali", "backprop"):
+        ys = odeint(ones, y0, [0.0, 1.0], n_steps=4, gradient=gradient)
+        results.append(torch.autograd.grad(ys.pow(2).sum(), [y0]))
+    assert_close_all(results[0], results[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["alf", "rk4"])
+def test_second_derivatives_through_torch_func_equal_backprop(field: MLPField, method: str) -> None:
+    y0 = torch.randn(2, 3, dtype=F64)
+    results = []
+    for gradient in ("mali", "backprop"):
+
+        def loss(y: Tensor, gradient: str = gradient) -> Tensor:
+            ys = odeint(field, y, [0.0, 1.0], n_steps=8, gradient=gradient, method=method)
+            return ys[-1].pow(3).sum()
+
+        results.append(torch.func.grad(lambda y, f=loss: torch.func.grad(f)(y).sum())(y0))
+    assert_close_all(results[:1], results[1:], rtol=1e-10)
+
+
+def test_create_graph_through_mali_is_refused_with_what_to_use(field: MLPField) -> None:
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    ys = odeint(field, y0, [0.0, 1.0], n_steps=4)
+    with pytest.raises(RuntimeError, match=r"create_graph=True.*torch\.func\.grad"):
+        torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap_grad"])
+def test_drift_is_reported_under_torch_func_transforms(field: MLPField, transform: str) -> None:
+    y0 = torch.randn(3, 3, dtype=F64)
+
+    def loss(y: Tensor) -> Tensor:
+        return odeint(field, y, [0.0, 1.0], n_steps=200, eta=0.45)[-1].pow(2).sum()
+
+    fn = torch.func.grad(loss) if transform == "grad" else torch.func.vmap(torch.func.grad(loss))
+    with pytest.warns(ReconstructionWarning, match="drifted"):
+        fn(y0)
+
+
+class Normed(nn.Module):
+    """A field with batch statistics (and, optionally, dropout)."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3, dtype=F64)
+        self.norm = nn.BatchNorm1d(3, dtype=F64)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.drop(torch.tanh(self.norm(self.lin(y))))
+
+
+@pytest.mark.parametrize("method", ["alf", "rk4"])
+def test_batch_norm_buffers_after_a_training_step_equal_backprop(method: str) -> None:
+    torch.manual_seed(0)
+    y0 = torch.randn(8, 3, dtype=F64, requires_grad=True)
+    states, grads = [], []
+    for gradient in ("mali", "backprop"):
+        torch.manual_seed(1)
+        field = Normed().train()
+        ys = odeint(field, y0, [0.0, 1.0], n_steps=10, method=method, gradient=gradient)
+        grads.append(torch.autograd.grad(ys[-1].pow(2).sum(), [y0, *field.parameters()]))
+        states.append([b.clone() for b in field.buffers()])
+    for a, b in zip(*states):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # lin.bias has a zero gradient (batch norm removes the mean): compare at an absolute floor.
+    assert_close_all(grads[0], grads[1], rtol=1e-10, floor=1.0)
+
+
+def test_dropout_in_training_mode_is_refused_with_mali() -> None:
+    field = Normed(dropout=0.2).train()
+    y0 = torch.randn(8, 3, dtype=F64)
+    with pytest.raises(ValueError, match=r"Dropout layer 'drop' is in training mode"):
+        odeint(field, y0, [0.0, 1.0], n_steps=4)
+    odeint(field, y0, [0.0, 1.0], n_steps=4, gradient="backprop")  # autograd keeps the masks
+    odeint(field.eval(), y0, [0.0, 1.0], n_steps=4)
+
+
+def test_an_in_place_layer_after_an_ode_block_keeps_the_gradient(field: MLPField) -> None:
+    x = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    results = []
+    for gradient in ("mali", "backprop"):
+        block = ODEBlock(field, n_steps=6, gradient=gradient)
+        out = nn.ReLU(inplace=True)(block(x))
+        results.append(torch.autograd.grad(out.pow(2).sum(), [x, *field.parameters()]))
+    assert_close_all(results[0], results[1], rtol=1e-10)
