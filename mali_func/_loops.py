@@ -118,7 +118,7 @@ class PythonLoops:
             # second derivatives for the Runge-Kutta couplings (right for ALF), so it is refused.
             raise RuntimeError(
                 "create_graph=True (a double backward) through a MALI solve is not supported; "
-                "use torch.func (e.g. torch.func.grad(torch.func.grad(f)), torch.func.hessian), "
+                "use torch.func (e.g. torch.func.grad(torch.func.grad(f)) or jacrev(jacrev(f))), "
                 "which differentiates the reverse pass exactly, or gradient='backprop'"
             )
         return choose_vjp(tensors)
