@@ -150,8 +150,8 @@ class Spec:
 class Solve(torch.autograd.Function):
     """``apply(spec, t, n, probe, *state0, *params)``.
 
-    Returns ``(*trajectories, *final_state)`` on a fixed grid (``counts``, or ``n`` steps per
-    interval as a 0-dim tensor) and ``(*trajectories, *final_state, *records, count, *stats)``
+    Returns ``(*trajectories, *aux_final)`` on a fixed grid (``counts``, or ``n`` steps per
+    interval as a 0-dim tensor) and ``(*trajectories, *aux_final, *records, count, *stats)``
     adaptively (records and stats are not differentiable). ``probe`` is a
     :class:`~mali_func.DriftMonitor` leaf (or ``None``) whose gradient is the relative
     reconstruction error of the backward pass.
@@ -169,24 +169,22 @@ class Solve(torch.autograd.Function):
             trajs, final = forward(
                 spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out
             )
-            return (*trajs, *final)
+            return (*trajs, *final[spec.n_out :])
         trajs, final, records, count, stats = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
             spec.controller,
         )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
-        return (*trajs, *final, *records, count_t, *stats)
+        return (*trajs, *final[spec.n_out :], *records, count_t, *stats)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         spec, t, n, probe, *tensors = inputs
         ctx.spec, ctx.has_probe, ctx.has_n = spec, probe is not None, n is not None
-        # Only the trajectories are the user's; the backward starts from the final state, kept as
-        # outputs of its own, so in-place changes to the trajectories (ReLU(inplace=True)) are safe.
-        # (The final state stays differentiable: torch.func's second derivatives flow through it.)
-        kept = output[spec.n_out : len(output) - (0 if spec.tol is None else N_STATS)]
-        ctx.mark_non_differentiable(*output[spec.n_out + spec.n_state :])
-        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *kept)
+        if spec.tol is not None:
+            ctx.mark_non_differentiable(*output[spec.n_state :])
+            output = output[: len(output) - N_STATS]
+        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -196,7 +194,7 @@ class Solve(torch.autograd.Function):
         ns, n_out = spec.n_state, spec.n_out
         n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
         state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
-        final = tuple(saved[ns + n_p : ns + n_p + ns])
+        trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
         grid: Grid
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
@@ -205,8 +203,8 @@ class Solve(torch.autograd.Function):
             python = spec.loops is PYTHON
             grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
         g_out = tuple(g.contiguous() for g in grads[:n_out])
-        g_final = grads[n_out : n_out + ns]
-        cot = (*(g[-1] + c for g, c in zip(g_out, g_final)), *g_final[n_out:])
+        final = (*(y[-1] for y in trajs), *aux)
+        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
         time_grad = bool(ctx.needs_input_grad[1])
         with spec.replay():
             state, cot, acc, grad_t = reverse(
@@ -219,8 +217,13 @@ class Solve(torch.autograd.Function):
 
 def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
           params: Params) -> tuple[State, SolveStats | None]:  # fmt: skip
-    """Differentiate with MALI; returns the trajectories and (adaptive) the stats."""
+    """Differentiate with MALI; returns the trajectories and (adaptive) the stats.
+
+    The backward starts from the saved trajectories, so the caller gets copies: an in-place layer
+    after the solve (``ReLU(inplace=True)``) cannot change what the backward reads.
+    """
     out = Solve.apply(spec, t, n, probe, *state0, *params)
+    trajs = tuple(x.clone() for x in out[: spec.n_out])
     if spec.tol is None:
-        return tuple(out[: spec.n_out]), None
-    return tuple(out[: spec.n_out]), SolveStats(*out[len(out) - N_STATS :])
+        return trajs, None
+    return trajs, SolveStats(*out[len(out) - N_STATS :])
