@@ -47,20 +47,12 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from ._mode import Mode, host_view, is_concrete
 from ._vjp import choose_vjp
 from .schemes import VJP, Params
+from .schemes._scheme import add_optional
 
 Count = int | torch.SymInt | Tensor
 Index = int | Tensor
 Cond = Callable[[Any], Tensor]
 WhileBody = Callable[[Any], tuple[Any, tuple[Tensor, ...], Tensor]]
-
-
-def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    """``a + b`` where ``None`` stands for zero."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
 
 
 def take(x: Tensor, j: Index) -> Tensor:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State
+from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, add_optional
 from ._tableau import ButcherTableau
 
 
@@ -138,14 +138,8 @@ class CoupledRK(ReversibleScheme):
         from_y = pull_fwd(a_y_total)
         a_y = tuple(lam * a for a in a_y_total)
         a_z = tuple(a + (1 - lam) * b + c for a, b, c in zip(a_z_new, a_y_total, from_y[0]))
-        a_p = tuple(_add(u, v) for u, v in zip(from_z[-1], from_y[-1]))
+        a_p = tuple(add_optional(u, v) for u, v in zip(from_z[-1], from_y[-1]))
         a_t = a_h = None
         if time_grad:
             a_t, a_h = from_z[1] + from_y[1], from_z[2] + from_y[2]
         return (*y, *z), (*a_y, *a_z), a_t, a_h, a_p
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None:
-        return b
-    return a if b is None else a + b

@@ -39,6 +39,15 @@ Reverse = tuple[State, State, "Tensor | None", "Tensor | None", tuple[Any, ...]]
 """``(previous state, its cotangent, d/dt, d/dh, cotangents of params)`` of one reversed step."""
 
 
+def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where ``None`` stands for zero (a cotangent that was not needed)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
 class ReversibleScheme(abc.ABC):
     """A one-step method with an exact inverse; subclass it to plug a scheme into the engine.
 
