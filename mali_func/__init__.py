@@ -10,7 +10,7 @@ from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
 from ._odeint import odeint
-from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleScheme
+from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme
 
 __all__ = [
     "ALF",
@@ -19,6 +19,7 @@ __all__ = [
     "DriftMonitor",
     "ODEBlock",
     "ReconstructionWarning",
+    "ReversibleHeun",
     "ReversibleScheme",
     "SolveStats",
     "odeint",

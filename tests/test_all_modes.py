@@ -1,12 +1,13 @@
 """Every scheme through every mode, on fixed and adaptive grids, against eager backprop.
 
-Schemes: ALF (eta 1 and 0.8), the reversible coupling of Bogacki-Shampine 3(2) (the Runge-Kutta
-couplings share one code path; the smallest embedded pair keeps compiles short), and the
-user-defined additive coupling of ``examples/custom_scheme.py``. Modes: eager MALI,
+Schemes: ALF (eta 1 and 0.8), reversible Heun, the reversible coupling of Bogacki-Shampine 3(2)
+with a fixed and with the automatic coupling (the Runge-Kutta couplings share one code path; the
+smallest embedded pair keeps compiles short), and the user-defined additive coupling of
+``examples/custom_scheme.py``. Modes: eager MALI,
 ``vmap(grad)`` (per-sample gradients against a loop of eager backprop),
 ``torch.compile(fullgraph=True)`` with aot_eager and inductor, and the ONNX export of the forward
 (onnxruntime against eager). Adaptive grids run for the schemes with an error estimate; the
-additive coupling has none and is refused there.
+additive coupling and reversible Heun have none and are refused there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from helpers import F64, assert_close_all, load_example
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from mali_func import ALF, CoupledRK, ReversibleScheme, odeint
+from mali_func import ALF, CoupledRK, ReversibleHeun, ReversibleScheme, odeint
 from mali_func.export import to_onnx
 from mali_func.schemes import TABLEAUS
 
@@ -30,6 +31,10 @@ def scheme_named(name: str) -> ReversibleScheme:
         return load_example("custom_scheme").AdditiveCoupling()
     if name == "bosh3":
         return CoupledRK(TABLEAUS["bosh3"], coupling=0.9)
+    if name == "bosh3_auto":
+        return CoupledRK(TABLEAUS["bosh3"], coupling="auto")
+    if name == "reversible_heun":
+        return ReversibleHeun()
     return ALF(1.0 if name == "alf" else 0.8)
 
 
@@ -52,7 +57,8 @@ class PairField(nn.Module):
 # Damped ALF amplifies round-off by 1/|1 - 2 eta| per reverse step: a loose tolerance keeps the
 # adaptive solve short enough for its reconstruction to hold (tests/test_drift.py covers the rest).
 GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-3, "atol": 1e-5}}
-SCHEMES = ["alf", "alf_damped", "coupling", "bosh3"]
+SCHEMES = ["alf", "alf_damped", "coupling", "reversible_heun", "bosh3", "bosh3_auto"]
+FIXED_ONLY = ("coupling", "reversible_heun")
 
 
 def loss_of(field: nn.Module, scheme: str, grid: str, gradient: str):
@@ -83,7 +89,7 @@ def cases(*modes: str) -> list:
     for scheme in SCHEMES:
         for grid in GRIDS:
             for mode in modes:
-                if not (scheme == "coupling" and grid == "adaptive"):
+                if not (scheme in FIXED_ONLY and grid == "adaptive"):
                     out.append(pytest.param(scheme, grid, mode, id=f"{scheme}-{grid}-{mode}"))
     return out
 

@@ -2,6 +2,7 @@
 
 from ._alf import ALF
 from ._coupled import CoupledRK
+from ._heun import ReversibleHeun
 from ._methods import ADAPTIVE_METHODS, DEFAULT_COUPLING, METHODS, scheme_for
 from ._scheme import VJP, Field, Params, ReversibleScheme, State
 from ._tableau import TABLEAUS, ButcherTableau
@@ -17,6 +18,7 @@ __all__ = [
     "CoupledRK",
     "Field",
     "Params",
+    "ReversibleHeun",
     "ReversibleScheme",
     "State",
     "scheme_for",

@@ -22,6 +22,20 @@ about :math:`\lambda / R(w)` forward and :math:`R(w) / \lambda` in the reverse r
 :math:`\lambda` amplifies round-off in the reverse pass (measured in the project's design notes,
 section 5). The engine measures the reconstruction error of every MALI backward.
 
+``coupling="auto"`` picks :math:`\lambda` per step from the step size and a contraction estimate:
+at the start of the solve a few power iterations on the field's Jacobian (by finite differences,
+so every mode can trace it; kept out of the gradient) estimate its spectral radius
+:math:`\rho`, which is carried as the last entry of the state; each step then uses
+
+.. math::
+
+    \lambda = \operatorname{clip}\big(R(-|h| \rho)^{3/2},\ 1/2,\ 1\big),
+
+so the forward parasitic factor :math:`\lambda / R` is :math:`R^{1/2} < 1` on the stiffest
+contracting direction while the reverse amplification :math:`1/\lambda` per step stays within
+:math:`e^{1.5 |h| \rho}`, the same order as the physical contraction. The inverse recomputes the
+same :math:`\lambda` from :math:`h` and :math:`\rho`, so the step stays exactly invertible.
+
 The reverse pass evaluates each base increment once, under a VJP: the inverse's
 :math:`\Psi_{-h}(t + h, y')` and :math:`\Psi_h(t, z)` are exactly the forward step's, so their
 pullbacks give the step's adjoint (:meth:`CoupledRK.reverse`): ``2 s`` field evaluations and
@@ -30,7 +44,8 @@ pullbacks give the step's adjoint (:meth:`CoupledRK.reverse`): ``2 s`` field eva
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -38,29 +53,69 @@ from torch import Tensor
 from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, add_optional
 from ._tableau import ButcherTableau
 
+AUTO_EXPONENT = 1.5
+"""``lambda = R(-|h| rho)^AUTO_EXPONENT`` under ``coupling="auto"`` (module docs)."""
+
+POWER_ITERATIONS = 8
+"""Field evaluations of the contraction estimate under ``coupling="auto"``."""
+
+
+def _norm(xs: State) -> Tensor:
+    return torch.sqrt(sum((x.square().sum() for x in xs), torch.zeros_like(xs[0].sum())))
+
+
+def spectral_radius(field: Field, t0: Tensor, y0: State, params: Params) -> Tensor:
+    """Estimate the spectral radius of ``d field / d y`` at ``(t0, y0)``, out of the gradient.
+
+    Power iteration on Jacobian-vector products by forward differences: only field evaluations,
+    so it runs the same eagerly, under ``torch.func`` transforms, compiled and exported.
+    """
+    y = tuple(x.detach() for x in y0)
+    t, p = t0.detach(), tuple(q.detach() for q in params)
+    f0 = field(t, y, p)
+    # A fixed, generic start vector: the dominant direction is (almost surely) not missing.
+    v = tuple(torch.sin(torch.arange(x.numel(), dtype=x.dtype, device=x.device) * 1.618 + 0.5)
+              .reshape(x.shape) for x in y)  # fmt: skip
+    eps = math.sqrt(torch.finfo(y[0].dtype).eps) * (1 + _norm(y))
+    rho = torch.zeros_like(eps)
+    for _ in range(POWER_ITERATIONS):
+        size = _norm(v).clamp_min(torch.finfo(eps.dtype).tiny)
+        v = tuple(x / size for x in v)
+        shifted = field(t, tuple(a + eps * b for a, b in zip(y, v)), p)
+        v = tuple((a - b) / eps for a, b in zip(shifted, f0))
+        rho = _norm(v)
+    return rho.detach()
+
 
 class CoupledRK(ReversibleScheme):
     """The reversible coupling of an explicit Runge-Kutta tableau; the state is ``(*y, *z)``.
 
     Args:
         tableau: the base method.
-        coupling: ``lambda`` in (0, 1].
+        coupling: ``lambda`` in (0, 1], or ``"auto"`` to choose it per step from the step size
+            and an estimate of the field's contraction (module docs); then the state carries
+            that estimate as a last entry, ``(*y, *z, rho)``.
     """
 
-    def __init__(self, tableau: ButcherTableau, coupling: float = 0.9) -> None:
+    def __init__(self, tableau: ButcherTableau, coupling: float | Literal["auto"] = 0.9) -> None:
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
-        if isinstance(coupling, bool) or not isinstance(coupling, (int, float)):
-            raise TypeError(f"coupling must be a real number in (0, 1], got {coupling!r}")
-        if not 0.0 < coupling <= 1.0:
-            raise ValueError(f"coupling must lie in (0, 1], got {coupling}")
-        self.tableau, self.coupling = tableau, float(coupling)
+        self.auto = coupling == "auto"
+        if not self.auto:
+            if isinstance(coupling, bool) or not isinstance(coupling, (int, float)):
+                raise TypeError(
+                    f"coupling must be a real number in (0, 1] or 'auto', got {coupling!r}"
+                )
+            if not 0.0 < coupling <= 1.0:
+                raise ValueError(f"coupling must lie in (0, 1] or be 'auto', got {coupling}")
+        self.tableau = tableau
+        self.coupling: float | str = "auto" if self.auto else float(coupling)
         self.order = tableau.order
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
 
     def __repr__(self) -> str:
-        return f"CoupledRK({self.tableau.name}, coupling={self.coupling})"
+        return f"CoupledRK({self.tableau.name}, coupling={self.coupling!r})"
 
     def has(self, method: str) -> bool:
         if method == "step_with_error":
@@ -69,17 +124,30 @@ class CoupledRK(ReversibleScheme):
 
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
         # z0 = y0 as its own tensor: torch.compile refuses one tensor passed twice to a Function.
-        return (*y0, *(y.clone() for y in y0))
+        pair = (*y0, *(y.clone() for y in y0))
+        return (*pair, spectral_radius(field, t0, y0, params)) if self.auto else pair
+
+    def _split(self, state: State, h: Tensor) -> tuple[State, State, State, Tensor | float]:
+        """``(y, z, extra, lambda)`` of a state; ``extra`` is ``(rho,)`` under ``"auto"``."""
+        if not self.auto:
+            n = len(state) // 2
+            return state[:n], state[n:], (), float(self.coupling)
+        n = (len(state) - 1) // 2
+        rho = state[-1]
+        r = self.tableau.stability(-(h.detach().abs() * rho))
+        lam = r.clamp_min(0.0).pow(AUTO_EXPONENT).clamp(0.5, 1.0)
+        return state[:n], state[n : 2 * n], (rho,), lam
 
     def _forward(
         self, field: Field, t: Tensor, h: Tensor, state: State, params: Params, error: bool
     ) -> tuple[State, State | None]:
-        n, lam = len(state) // 2, self.coupling
-        y, z = state[:n], state[n:]
+        y, z, extra, lam = self._split(state, h)
         psi, err = self.tableau.increment(field, t, h, z, params, error=error)
         y_new = tuple(lam * a + (1 - lam) * b + p for a, b, p in zip(y, z, psi))
         back = self.tableau.increment(field, t + h, -h, y_new, params)[0]
-        return (*y_new, *(b - p for b, p in zip(z, back))), err
+        # A new tensor for rho: the engine saves the final state, never an input passed through.
+        extra = tuple(x.clone() for x in extra)
+        return (*y_new, *(b - p for b, p in zip(z, back)), *extra), err
 
     def step(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
         return self._forward(field, t, h, state, params, False)[0]
@@ -93,12 +161,12 @@ class CoupledRK(ReversibleScheme):
         return new, err
 
     def inverse(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
-        n, lam = len(state) // 2, self.coupling
-        y_new, z_new = state[:n], state[n:]
+        y_new, z_new, extra, lam = self._split(state, h)
         back = self.tableau.increment(field, t + h, -h, y_new, params)[0]
         z = tuple(b + p for b, p in zip(z_new, back))
         psi = self.tableau.increment(field, t, h, z, params)[0]
-        return (*((a - (1 - lam) * b - p) / lam for a, b, p in zip(y_new, z, psi)), *z)
+        y = tuple((a - (1 - lam) * b - p) / lam for a, b, p in zip(y_new, z, psi))
+        return (*y, *z, *(x.clone() for x in extra))
 
     def reverse(
         self,
@@ -112,9 +180,10 @@ class CoupledRK(ReversibleScheme):
         time_grad: bool,
         vjp: VJP = torch.func.vjp,
     ) -> Reverse:
-        n, lam, tab = len(state) // 2, self.coupling, self.tableau
-        y_new, z_new = state[:n], state[n:]
-        a_y_new, a_z_new = cotangent[:n], cotangent[n:]
+        tab = self.tableau
+        y_new, z_new, extra, lam = self._split(state, h)
+        n = len(y_new)
+        a_y_new, a_z_new = cotangent[:n], cotangent[n : 2 * n]
 
         def pulled(fn: Any, x: State) -> tuple[State, Any]:
             if time_grad:
@@ -142,4 +211,6 @@ class CoupledRK(ReversibleScheme):
         a_t = a_h = None
         if time_grad:
             a_t, a_h = from_z[1] + from_y[1], from_z[2] + from_y[2]
-        return (*y, *z), (*a_y, *a_z), a_t, a_h, a_p
+        a_extra = tuple(torch.zeros_like(x) for x in extra)  # rho is kept out of the gradient
+        extra = tuple(x.clone() for x in extra)  # while_loop refuses a carry passed through
+        return (*y, *z, *extra), (*a_y, *a_z, *a_extra), a_t, a_h, a_p

@@ -1,21 +1,23 @@
 """``odeint(method=...)``: scheme names and the options that configure them.
 
-``"alf"`` is the asynchronous leapfrog scheme (its option is ``eta``); every Runge-Kutta name means
-the reversible coupling (:class:`CoupledRK`) of that tableau (its option is ``coupling``), not the
-plain Runge-Kutta step.
+``"alf"`` is the asynchronous leapfrog scheme (its option is ``eta``), ``"reversible_heun"`` the
+reversible Heun method (no option); every Runge-Kutta name means the reversible coupling
+(:class:`CoupledRK`) of that tableau (its option is ``coupling``: a number in (0, 1] or
+``"auto"``), not the plain Runge-Kutta step.
 """
 
 from __future__ import annotations
 
 from ._alf import ALF
 from ._coupled import CoupledRK
+from ._heun import ReversibleHeun
 from ._scheme import ReversibleScheme
 from ._tableau import TABLEAUS
 
 DEFAULT_COUPLING = 0.9
 """``lambda`` of the coupled schemes unless given (design notes, section 5)."""
 
-METHODS = ("alf", *TABLEAUS)
+METHODS = ("alf", "reversible_heun", *TABLEAUS)
 ADAPTIVE_METHODS = ("alf", *(name for name, tab in TABLEAUS.items() if tab.b_error is not None))
 
 
@@ -24,7 +26,7 @@ def scheme_for(
     scheme: ReversibleScheme | None,
     *,
     eta: float | None,
-    coupling: float | None,
+    coupling: float | str | None,
 ) -> ReversibleScheme:
     """The scheme that ``method``/``scheme`` and their options ask for (ALF by default)."""
     if scheme is not None:
@@ -40,10 +42,12 @@ def scheme_for(
     method = "alf" if method is None else method
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if method in ("alf", "reversible_heun") and coupling is not None:
+        raise ValueError(f"coupling applies to the Runge-Kutta methods, not to method={method!r}")
     if method == "alf":
-        if coupling is not None:
-            raise ValueError("coupling applies to the Runge-Kutta methods, not to method='alf'")
         return ALF(1.0 if eta is None else eta)
     if eta is not None:
         raise ValueError(f"eta is ALF's damping; method={method!r} does not take it")
+    if method == "reversible_heun":
+        return ReversibleHeun()
     return CoupledRK(TABLEAUS[method], DEFAULT_COUPLING if coupling is None else coupling)

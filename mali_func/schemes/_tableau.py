@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ._scheme import Field, Params, State
@@ -70,6 +71,15 @@ class ButcherTableau:
     @property
     def stages(self) -> int:
         return len(self.b)
+
+    def stability(self, w: Tensor) -> Tensor:
+        """The stability function ``R(w) = 1 + w b^T (I - w A)^{-1} 1`` (one step of ``y' = mu
+        y`` from ``y = 1`` with ``w = h mu``), elementwise in ``w`` (real or complex)."""
+        ks: list[Tensor] = []
+        for row in self.a:
+            inner = 1 + sum((a * k for a, k in zip(row, ks) if a != 0.0), torch.zeros_like(w))
+            ks.append(w * inner)
+        return 1 + sum((b * k for b, k in zip(self.b, ks) if b != 0.0), torch.zeros_like(w))
 
     def increment(
         self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *, error: bool = False
