@@ -4,6 +4,7 @@ estimate."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import MLPField
 from helpers import F64, assert_close_all, relative_error
 from test_schemes import Contracting
 
-from mali_func import CoupledRK, DriftMonitor, ODEBlock, odeint
+from mali_func import CoupledRK, DriftMonitor, ODEBlock, ReconstructionWarning, odeint
 from mali_func.schemes import TABLEAUS
 
 
@@ -30,16 +31,39 @@ def test_stability_function_of_rk4_is_its_taylor_polynomial() -> None:
     torch.testing.assert_close(TABLEAUS["rk4"].stability(w), want, rtol=1e-14, atol=0)
 
 
-def test_contraction_estimate_finds_the_spectral_radius_of_a_linear_field() -> None:
-    from mali_func.schemes._coupled import spectral_radius
+def _rate(a: torch.Tensor) -> float:
+    from mali_func.schemes._coupled import contraction_rate
 
+    y0 = torch.randn(4, a.shape[0], dtype=F64)
+    rate = contraction_rate(lambda t, y, p: (y[0] @ a.T,), torch.tensor(0.0, dtype=F64), (y0,), ())
+    assert not rate.requires_grad
+    return rate.item()
+
+
+def test_contraction_estimate_finds_the_most_contracting_eigenvalue() -> None:
     torch.manual_seed(0)
     q = torch.linalg.qr(torch.randn(6, 6, dtype=F64))[0]
-    a = q @ torch.diag(torch.tensor([-3.0, -1.0, -0.5, -0.2, -0.1, 0.0], dtype=F64)) @ q.T
-    y0 = torch.randn(4, 6, dtype=F64)
-    rho = spectral_radius(lambda t, y, p: (y[0] @ a.T,), torch.tensor(0.0, dtype=F64), (y0,), ())
-    assert rho.item() == pytest.approx(3.0, rel=0.05)
-    assert not rho.requires_grad
+    contracting = q @ torch.diag(torch.tensor([-3.0, -1.0, -0.5, -0.2, -0.1, 0.0], dtype=F64)) @ q.T
+    assert _rate(contracting) == pytest.approx(3.0, rel=0.05)
+    rotation = torch.tensor([[0.0, 4.0], [-4.0, 0.0]], dtype=F64)
+    assert _rate(rotation) < 1e-6  # oscillatory: no contraction, coupling 1
+    spiral = torch.tensor([[-0.5, 4.0], [-4.0, -0.5]], dtype=F64)
+    assert _rate(spiral) == pytest.approx(0.5, rel=0.05)
+
+
+def test_automatic_coupling_keeps_the_reconstruction_on_a_long_oscillatory_solve() -> None:
+    """A fixed coupling below 1 amplifies round-off by coupling^-N in the reverse pass."""
+    rotation = torch.tensor([[0.0, 2.0], [-2.0, 0.0]], dtype=F64)
+    y0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    errors = {}
+    for coupling in ("auto", 0.9):
+        monitor = DriftMonitor(dtype=F64)
+        with pytest.warns(ReconstructionWarning) if coupling == 0.9 else nullcontext():
+            ys = odeint(lambda t, y: y @ rotation.T, y0, [0.0, 10.0], n_steps=1000,
+                        method="rk4", coupling=coupling, monitor=monitor)  # fmt: skip
+            ys[-1].pow(2).sum().backward()
+        errors[coupling] = monitor.error.item()
+    assert errors["auto"] < 1e-12 and errors[0.9] > 1.0
 
 
 @pytest.mark.parametrize("grid", ["fixed", "adaptive"])

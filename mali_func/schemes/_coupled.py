@@ -23,9 +23,10 @@ about :math:`\lambda / R(w)` forward and :math:`R(w) / \lambda` in the reverse r
 section 5). The engine measures the reconstruction error of every MALI backward.
 
 ``coupling="auto"`` picks :math:`\lambda` per step from the step size and a contraction estimate:
-at the start of the solve a few power iterations on the field's Jacobian (by finite differences,
-so every mode can trace it; kept out of the gradient) estimate its spectral radius
-:math:`\rho`, which is carried as the last entry of the state; each step then uses
+at the start of the solve, power iterations on the field's Jacobian (by finite differences, so
+every mode can trace them; kept out of the gradient) estimate the contraction rate
+:math:`\rho = \max(0, -\operatorname{Re} \mu)` of its most contracting eigenvalue :math:`\mu`
+(:func:`contraction_rate`), which is carried as the last entry of the state; each step uses
 
 .. math::
 
@@ -33,8 +34,11 @@ so every mode can trace it; kept out of the gradient) estimate its spectral radi
 
 so the forward parasitic factor :math:`\lambda / R` is :math:`R^{1/2} < 1` on the stiffest
 contracting direction while the reverse amplification :math:`1/\lambda` per step stays within
-:math:`e^{1.5 |h| \rho}`, the same order as the physical contraction. The inverse recomputes the
-same :math:`\lambda` from :math:`h` and :math:`\rho`, so the step stays exactly invertible.
+:math:`e^{1.5 |h| \rho}`, the same order as the physical contraction. On oscillatory dynamics
+(:math:`\rho = 0`) :math:`\lambda = 1`: no reverse amplification beyond the physics', where any
+fixed :math:`\lambda < 1` multiplies round-off by :math:`\lambda^{-N}` over :math:`N` steps.
+The inverse recomputes the same :math:`\lambda` from :math:`h` and :math:`\rho`, so the step
+stays exactly invertible.
 
 The reverse pass evaluates each base increment once, under a VJP: the inverse's
 :math:`\Psi_{-h}(t + h, y')` and :math:`\Psi_h(t, z)` are exactly the forward step's, so their
@@ -57,34 +61,53 @@ AUTO_EXPONENT = 1.5
 """``lambda = R(-|h| rho)^AUTO_EXPONENT`` under ``coupling="auto"`` (module docs)."""
 
 POWER_ITERATIONS = 8
-"""Field evaluations of the contraction estimate under ``coupling="auto"``."""
+"""Jacobian-vector products (field evaluations) per phase of the contraction estimate."""
 
 
 def _norm(xs: State) -> Tensor:
-    return torch.sqrt(sum((x.square().sum() for x in xs), torch.zeros_like(xs[0].sum())))
+    return torch.sqrt(_dot(xs, xs))
 
 
-def spectral_radius(field: Field, t0: Tensor, y0: State, params: Params) -> Tensor:
-    """Estimate the spectral radius of ``d field / d y`` at ``(t0, y0)``, out of the gradient.
+def _dot(a: State, b: State) -> Tensor:
+    return sum(((x * y).sum() for x, y in zip(a, b)), torch.zeros_like(a[0].sum()))
 
-    Power iteration on Jacobian-vector products by forward differences: only field evaluations,
-    so it runs the same eagerly, under ``torch.func`` transforms, compiled and exported.
+
+def contraction_rate(field: Field, t0: Tensor, y0: State, params: Params) -> Tensor:
+    """Estimate ``sigma = max(0, -Re mu)`` for the most contracting eigenvalue ``mu`` of
+    ``d field / d y`` at ``(t0, y0)``, out of the gradient.
+
+    Power iteration on Jacobian-vector products by forward differences (field evaluations only,
+    so it runs the same eagerly, under ``torch.func`` transforms, compiled and exported): first on
+    ``J`` for the spectral radius ``rho``, then on ``J - rho I``, whose dominant eigenvalues are
+    the most negative real parts of ``J``'s; the Rayleigh quotient of the last vector gives their
+    real part. A rotation (``J`` skew) gives ``sigma = 0``; a contraction at rate ``r`` gives
+    ``sigma = r``.
     """
     y = tuple(x.detach() for x in y0)
     t, p = t0.detach(), tuple(q.detach() for q in params)
     f0 = field(t, y, p)
-    # A fixed, generic start vector: the dominant direction is (almost surely) not missing.
-    v = tuple(torch.sin(torch.arange(x.numel(), dtype=x.dtype, device=x.device) * 1.618 + 0.5)
-              .reshape(x.shape) for x in y)  # fmt: skip
     eps = math.sqrt(torch.finfo(y[0].dtype).eps) * (1 + _norm(y))
-    rho = torch.zeros_like(eps)
-    for _ in range(POWER_ITERATIONS):
-        size = _norm(v).clamp_min(torch.finfo(eps.dtype).tiny)
-        v = tuple(x / size for x in v)
+    tiny = torch.finfo(eps.dtype).tiny
+
+    def jvp(v: State) -> State:
         shifted = field(t, tuple(a + eps * b for a, b in zip(y, v)), p)
-        v = tuple((a - b) / eps for a, b in zip(shifted, f0))
-        rho = _norm(v)
-    return rho.detach()
+        return tuple((a - b) / eps for a, b in zip(shifted, f0))
+
+    def unit(v: State) -> State:
+        size = _norm(v).clamp_min(tiny)
+        return tuple(x / size for x in v)
+
+    # A fixed, generic start vector: the dominant direction is (almost surely) not missing.
+    v = unit(tuple(torch.sin(torch.arange(x.numel(), dtype=x.dtype, device=x.device) * 1.618
+                             + 0.5).reshape(x.shape) for x in y))  # fmt: skip
+    start = v
+    for _ in range(POWER_ITERATIONS):
+        v = unit(jvp(v))
+    rho = _norm(jvp(v))
+    v = start
+    for _ in range(POWER_ITERATIONS):
+        v = unit(tuple(a - rho * b for a, b in zip(jvp(v), v)))
+    return (-_dot(v, jvp(v))).clamp_min(0.0).detach()
 
 
 class CoupledRK(ReversibleScheme):
@@ -97,7 +120,7 @@ class CoupledRK(ReversibleScheme):
             that estimate as a last entry, ``(*y, *z, rho)``.
     """
 
-    def __init__(self, tableau: ButcherTableau, coupling: float | Literal["auto"] = 0.9) -> None:
+    def __init__(self, tableau: ButcherTableau, coupling: float | Literal["auto"] = "auto") -> None:
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
         self.auto = coupling == "auto"
@@ -125,7 +148,7 @@ class CoupledRK(ReversibleScheme):
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
         # z0 = y0 as its own tensor: torch.compile refuses one tensor passed twice to a Function.
         pair = (*y0, *(y.clone() for y in y0))
-        return (*pair, spectral_radius(field, t0, y0, params)) if self.auto else pair
+        return (*pair, contraction_rate(field, t0, y0, params)) if self.auto else pair
 
     def _split(self, state: State, h: Tensor) -> tuple[State, State, State, Tensor | float]:
         """``(y, z, extra, lambda)`` of a state; ``extra`` is ``(rho,)`` under ``"auto"``."""
