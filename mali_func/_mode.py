@@ -58,3 +58,8 @@ def is_concrete(x: Tensor) -> bool:
     if torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
     return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)
+
+
+def under_transform() -> bool:
+    """True inside a :mod:`torch.func` transform (``grad``, ``vmap``, ``jvp``...)."""
+    return torch._C._functorch.maybe_current_level() is not None

@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops, PythonLoops, take
+from ._mode import under_transform
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
@@ -181,10 +183,59 @@ class Solve(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         spec, t, n, probe, *tensors = inputs
         ctx.spec, ctx.has_probe, ctx.has_n = spec, probe is not None, n is not None
+        ctx.n_tensors = len(tensors)
         if spec.tol is not None:
             ctx.mark_non_differentiable(*output[spec.n_state :])
             output = output[: len(output) - N_STATS]
         ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
+        # Forward mode recomputes the solve from its inputs (and recorded steps): no trajectory.
+        records = () if spec.tol is None else output[spec.n_state :]
+        ctx.save_for_forward(t, *((n,) if n is not None else ()), *tensors, *records)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor | None, ...]:
+        """Forward mode: the solve re-run under :func:`torch.func.jvp`, tangents carried along
+        every step (memory constant in the steps, like the reverse pass)."""
+        spec: Spec = ctx.spec
+        t, *saved = ctx.saved_tensors  # what save_for_forward kept
+        n = saved.pop(0) if ctx.has_n else None
+        tensors, records = saved[: ctx.n_tensors], saved[ctx.n_tensors :]
+        _, t_dot, _, _, *dots = tangents
+        count = None
+        if spec.tol is not None:
+            count = records[-1] if spec.loops is not PYTHON else records[0].shape[0]
+
+        def run(t_: Tensor, *tensors_: Tensor) -> tuple[Tensor, ...]:
+            grid_: Grid
+            if count is None:
+                grid_ = UniformGrid(t_, spec.counts if n is None else n)
+            else:
+                grid_ = RecordedGrid(t_, Records(*records[:-1]), count)
+            state0, params = tensors_[: spec.n_state], tensors_[spec.n_state :]
+            trajs, final = forward(
+                spec.loops, spec.scheme, spec.field, grid_, state0, params, spec.n_out
+            )
+            return (*trajs, *final[spec.n_out :])
+
+        primals = (t, *tensors)
+        dots_ = tuple(
+            torch.zeros_like(x) if d is None else d for x, d in zip(primals, (t_dot, *dots))
+        )
+        if under_transform():
+            _, out_dots = torch.func.jvp(run, primals, dots_)
+        else:  # torch.autograd.forward_ad, whose dual level does not nest.
+            # Re-run on fresh duals of the given tangents, with forward AD on (it is off while a
+            # jvp rule runs); some saved inputs may still carry their tangents: strip them.
+            with fwAD._set_fwd_grad_enabled(True):
+                plain = (fwAD.unpack_dual(x).primal for x in primals)
+                out = run(*(fwAD.make_dual(x, d) for x, d in zip(plain, dots_)))
+                out_dots = tuple(
+                    torch.zeros_like(y) if d is None else d
+                    for y, d in ((y, fwAD.unpack_dual(y).tangent) for y in out)
+                )
+        if spec.tol is None:
+            return tuple(out_dots)
+        return (*out_dots, *(None for _ in range(N_RECORDS + 1 + N_STATS)))
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
