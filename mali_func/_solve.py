@@ -36,7 +36,7 @@ from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops, PythonLoops, take
-from ._mode import under_transform
+from ._mode import tracing, under_transform
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
@@ -193,6 +193,40 @@ class Solve(torch.autograd.Function):
         ctx.save_for_forward(t, *((n,) if n is not None else ()), *tensors, *records)
 
     @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        spec: Spec = ctx.spec
+        t, *saved = ctx.saved_tensors
+        n = saved.pop(0) if ctx.has_n else None
+        ns, n_out = spec.n_state, spec.n_out
+        n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
+        state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
+        trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
+        grid: Grid
+        if spec.tol is None:
+            grid = UniformGrid(t, spec.counts if n is None else n)
+        else:
+            records = Records(*saved[ns + n_p + ns : -1])
+            python = spec.loops is PYTHON
+            grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
+        g_out = tuple(g.contiguous() for g in grads[:n_out])
+        final = (*(y[-1] for y in trajs), *aux)
+        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
+        time_grad = bool(ctx.needs_input_grad[1])
+        with spec.replay():
+            state, cot, acc, grad_t = reverse(
+                spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
+            )
+        error = reconstruction_error(state, state0)
+        warn_if_drifted(error, spec.reconstruction_tol)
+        return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)
+
+
+class ForwardModeSolve(Solve):
+    """:class:`Solve` with a forward-mode rule, for eager code and :mod:`torch.func` transforms
+    (dynamo refuses an ``autograd.Function`` with a custom ``jvp`` in torch 2.13, so compiled
+    solves use :class:`Solve`)."""
+
+    @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor | None, ...]:
         """Forward mode: the solve re-run under :func:`torch.func.jvp`, tangents carried along
         every step (memory constant in the steps, like the reverse pass)."""
@@ -237,34 +271,6 @@ class Solve(torch.autograd.Function):
             return tuple(out_dots)
         return (*out_dots, *(None for _ in range(N_RECORDS + 1 + N_STATS)))
 
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        spec: Spec = ctx.spec
-        t, *saved = ctx.saved_tensors
-        n = saved.pop(0) if ctx.has_n else None
-        ns, n_out = spec.n_state, spec.n_out
-        n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
-        state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
-        trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
-        grid: Grid
-        if spec.tol is None:
-            grid = UniformGrid(t, spec.counts if n is None else n)
-        else:
-            records = Records(*saved[ns + n_p + ns : -1])
-            python = spec.loops is PYTHON
-            grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
-        g_out = tuple(g.contiguous() for g in grads[:n_out])
-        final = (*(y[-1] for y in trajs), *aux)
-        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
-        time_grad = bool(ctx.needs_input_grad[1])
-        with spec.replay():
-            state, cot, acc, grad_t = reverse(
-                spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
-            )
-        error = reconstruction_error(state, state0)
-        warn_if_drifted(error, spec.reconstruction_tol)
-        return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)
-
 
 def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
           params: Params) -> tuple[State, SolveStats | None]:  # fmt: skip
@@ -273,7 +279,8 @@ def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0:
     The backward starts from the saved trajectories, so the caller gets copies: an in-place layer
     after the solve (``ReLU(inplace=True)``) cannot change what the backward reads.
     """
-    out = Solve.apply(spec, t, n, probe, *state0, *params)
+    function = Solve if tracing() else ForwardModeSolve
+    out = function.apply(spec, t, n, probe, *state0, *params)
     trajs = tuple(x.clone() for x in out[: spec.n_out])
     if spec.tol is None:
         return trajs, None

@@ -126,3 +126,19 @@ def test_compiled_inference_without_grad_equals_eager() -> None:
     with torch.no_grad():
         got = torch.compile(solve, backend="aot_eager", fullgraph=True)(y0)
         torch.testing.assert_close(got, solve(y0))
+
+
+@pytest.mark.parametrize(("option", "values"), [("eta", (1.0, 0.8, 0.7)), ("coupling", (0.9, 0.8))])
+def test_changing_a_scheme_option_between_compiled_calls_equals_eager(option, values) -> None:
+    """A float argument that changes becomes symbolic under torch.compile; the scheme takes it."""
+    field, y0, t = Field(), torch.randn(8, 2), torch.tensor([0.0, 1.0])
+    method = "alf" if option == "eta" else "rk4"
+
+    def loss(field: nn.Module, y0: torch.Tensor, t: torch.Tensor, value: float) -> torch.Tensor:
+        options = {option: value}
+        return odeint(field, y0, t, n_steps=5, method=method, **options).pow(2).mean()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    for value in values:
+        ref = grads(loss, field, y0, t, value)
+        assert_close_all(grads(compiled, field, y0, t, value), ref, rtol=1e-5)

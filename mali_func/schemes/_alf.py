@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._mode import tracing
 from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State
 
 
@@ -52,12 +53,14 @@ class ALF(ReversibleScheme):
     """
 
     def __init__(self, eta: float = 1.0) -> None:
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, torch.SymFloat)):
             raise TypeError(f"eta must be a real number in (0, 1], got {type(eta).__name__}")
-        eta = float(eta)
         if not 0.0 < eta <= 1.0 or eta == 0.5:
             raise ValueError(f"eta must lie in (0, 1] and differ from 0.5, got {eta}")
         self.eta = eta
+        # torch.compile makes a float argument that changed between calls symbolic; while_loop
+        # takes tensors, not symbolic floats, so compiled steps use 2 eta as a 0-dim tensor.
+        self._c: float | Tensor = torch.scalar_tensor(2 * eta) if tracing() else 2 * float(eta)
         # Damping lets the velocity lag behind f, which costs an order of accuracy (measured).
         self.order = 2 if eta == 1.0 else 1
 
@@ -81,7 +84,11 @@ class ALF(ReversibleScheme):
         half = h / 2
         k = tuple(torch.addcmul(zi, half, vi) for zi, vi in zip(z, v))
         u = field(t + half, k, params)
-        v_next = tuple(torch.lerp(vi, ui, 2 * self.eta) for vi, ui in zip(v, u))
+        c = self._c
+        if isinstance(c, Tensor):
+            v_next = tuple(vi + c.to(vi.dtype) * (ui - vi) for vi, ui in zip(v, u))
+        else:
+            v_next = tuple(torch.lerp(vi, ui, c) for vi, ui in zip(v, u))
         z_next = tuple(torch.addcmul(ki, half, vi) for ki, vi in zip(k, v_next))
         return (*z_next, *v_next), u
 
@@ -97,8 +104,11 @@ class ALF(ReversibleScheme):
         return new, tuple(h * (ui - vi) for ui, vi in zip(u, v))
 
     def _undo(self, k: State, u: State, v_next: State, half: Tensor) -> tuple[State, State]:
-        c = 2 * self.eta
-        v = tuple(torch.sub(vi, ui, alpha=c) / (1 - c) for vi, ui in zip(v_next, u))
+        c = self._c
+        if isinstance(c, Tensor):
+            v = tuple((vi - c * ui) / (1 - c) for vi, ui in zip(v_next, u))
+        else:
+            v = tuple(torch.sub(vi, ui, alpha=c) / (1 - c) for vi, ui in zip(v_next, u))
         z = tuple(torch.addcmul(ki, -half, vi) for ki, vi in zip(k, v))
         return z, v
 
@@ -139,7 +149,7 @@ class ALF(ReversibleScheme):
         z, v = self._undo(k, u, v_next, half)
 
         # Adjoint of the linear part: v' = (1-2 eta) v + 2 eta u, z' = k + (h/2) v'.
-        c = 2 * self.eta
+        c = self._c
         a_v_total = tuple(torch.addcmul(av, half, az) for av, az in zip(a_v_next, a_z_next))
         a_u = tuple(c * a for a in a_v_total)
         pulled = pullback(a_u)

@@ -54,6 +54,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .._mode import tracing
 from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, add_optional
 from ._tableau import ButcherTableau
 
@@ -132,7 +133,12 @@ class CoupledRK(ReversibleScheme):
             if not 0.0 < coupling <= 1.0:
                 raise ValueError(f"coupling must lie in (0, 1] or be 'auto', got {coupling}")
         self.tableau = tableau
-        self.coupling: float | str = "auto" if self.auto else float(coupling)
+        self.coupling: float | str = "auto" if self.auto else coupling
+        # Traced code (compile, export) multiplies by a 0-dim tensor: a coupling that changed
+        # between compiled calls is a symbolic float, which while_loop does not take.
+        self._lam: float | Tensor = 1.0
+        if not self.auto:
+            self._lam = torch.scalar_tensor(coupling) if tracing() else float(coupling)
         self.order = tableau.order
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
@@ -154,7 +160,7 @@ class CoupledRK(ReversibleScheme):
         """``(y, z, extra, lambda)`` of a state; ``extra`` is ``(rho,)`` under ``"auto"``."""
         if not self.auto:
             n = len(state) // 2
-            return state[:n], state[n:], (), float(self.coupling)
+            return state[:n], state[n:], (), self._lam
         n = (len(state) - 1) // 2
         rho = state[-1]
         r = self.tableau.stability(-(h.detach().abs() * rho))
