@@ -5,6 +5,8 @@
 Trains on the 8x8 digits bundled with scikit-learn (1,797 images, no download) inside a
 ``torch.compile``d training step, then:
 
+* watches the MALI reconstruction error of every training step with a ``DriftMonitor`` (under
+  ``torch.compile`` no warning can read the host, so the monitor is the only signal);
 * measures the memory autograd keeps for one training step with MALI and with backprop;
 * saves the weights as a ``state_dict`` and loads them back with ``weights_only=True``;
 * plots the training curve to ``OUT/training.png``;
@@ -41,6 +43,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from mali_func import DriftMonitor
+
 
 def train(
     model: DigitsModel,
@@ -51,8 +55,9 @@ def train(
     compile_step: bool,
     rank: int = 0,
     world: int = 1,
-) -> tuple[list[float], list[float], float]:
-    """Train with Adam and a one-cycle schedule; returns losses, test accuracies and seconds.
+) -> tuple[list[float], list[float], float, float]:
+    """Train with Adam and a one-cycle schedule; returns losses, test accuracies, seconds and the
+    largest reconstruction error the model's ``DriftMonitor`` received (NaN without one).
 
     With ``world > 1`` (under torchrun) process ``rank`` takes its slice of every batch.
     """
@@ -70,6 +75,8 @@ def train(
     step_loss = torch.compile(compute_loss, fullgraph=True) if compile_step else compute_loss
     losses: list[float] = []
     accs: list[float] = []
+    monitor = model.ode.options.get("monitor")
+    drift = float("nan") if monitor is None else 0.0
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -86,11 +93,14 @@ def train(
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if monitor is not None and monitor.error is not None:
+                drift = max(drift, monitor.error.item())
+                monitor.reset()  # compiled solves add their errors up until reset
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         accs.append(accuracy(model, data["x_test"], data["y_test"]))
         if rank == 0:
             tqdm.write(f"epoch {epoch + 1:2d}  loss {losses[-1]:.4f}  test accuracy {accs[-1]:.4f}")
-    return losses, accs, time.perf_counter() - start
+    return losses, accs, time.perf_counter() - start, drift
 
 
 def main() -> None:
@@ -112,8 +122,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     data = load_digits_split()
-    model = DigitsModel(n_steps=args.n_steps)
-    losses, accs, seconds = train(
+    model = DigitsModel(n_steps=args.n_steps, monitor=DriftMonitor())
+    losses, accs, seconds, drift = train(
         model,
         data,
         epochs=1 if args.fast else args.epochs,
@@ -142,6 +152,7 @@ def main() -> None:
         ("training", f"{seconds:.1f} s, {mode}"),
         ("test accuracy", f"{accs[-1]:.4f} ({data['y_test'].numel()} images)"),
         ("reloaded checkpoint accuracy", f"{restored_acc:.4f} ({ckpt})"),
+        ("largest MALI reconstruction error", f"{drift:.1e} (DriftMonitor, every step)"),
         ("autograd memory per step, MALI", f"{mem['mali'] / 2**20:.2f} MiB"),
         ("autograd memory per step, backprop", f"{mem['backprop'] / 2**20:.2f} MiB"),
         *onnx_rows,

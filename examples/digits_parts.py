@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mali_func import ODEBlock
+from mali_func import DriftMonitor, ODEBlock
 
 
 class ConvField(nn.Module):
@@ -34,12 +34,20 @@ class ConvField(nn.Module):
 class DigitsModel(nn.Module):
     """stem -> ODEBlock -> head, for 1x8x8 images and 10 classes."""
 
-    def __init__(self, channels: int = 32, n_steps: int = 6, gradient: str = "mali") -> None:
+    def __init__(
+        self,
+        channels: int = 32,
+        n_steps: int = 6,
+        gradient: str = "mali",
+        monitor: DriftMonitor | None = None,
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1), nn.GroupNorm(4, channels), nn.ReLU()
         )
-        self.ode = ODEBlock(ConvField(channels), n_steps=n_steps, gradient=gradient)
+        self.ode = ODEBlock(
+            ConvField(channels), n_steps=n_steps, gradient=gradient, monitor=monitor
+        )
         self.head = nn.Sequential(
             nn.GroupNorm(4, channels),
             nn.ReLU(),

@@ -31,6 +31,9 @@ def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: list[str
     mali = float(re.search(r"memory per step, MALI\s+\| ([0-9.]+)", proc.stdout).group(1))
     backprop = float(re.search(r"memory per step, backprop\s+\| ([0-9.]+)", proc.stdout).group(1))
     assert mali < backprop
+    # The DriftMonitor saw every step's reconstruction (compiled too): a number, and small.
+    drift = float(re.search(r"reconstruction error\s+\| ([0-9.e+-]+)", proc.stdout).group(1))
+    assert 0 < drift < 1e-3
     assert (tmp_path / "training.png").stat().st_size > 10_000
     onnx_err = float(re.search(r"max rel\. error ([0-9.e+-]+)", proc.stdout).group(1))
     assert onnx_err < 1e-4
