@@ -32,6 +32,7 @@ LABELS = {
     "rk4_mali": "mali-func MALI, reversible RK4",
     "rk4_backprop": "mali-func reversible RK4, backprop",
     "tsit5_mali": "mali-func MALI, reversible Tsit5",
+    "heun_mali": "mali-func MALI, reversible Heun",
 }
 #: Line styles shared by every plot, so one method looks the same everywhere.
 STYLES = {
@@ -43,6 +44,7 @@ STYLES = {
     "rk4_mali": {"color": "C5", "marker": "o"},
     "rk4_backprop": {"color": "C5", "marker": "s", "linestyle": "--"},
     "tsit5_mali": {"color": "C6", "marker": "P"},
+    "heun_mali": {"color": "C7", "marker": "X"},
 }
 
 
@@ -106,6 +108,7 @@ MAKERS: dict[str, Maker] = {
     "rk4_mali": _ours("mali", method="rk4"),
     "rk4_backprop": _ours("backprop", method="rk4"),
     "tsit5_mali": _ours("mali", method="tsit5"),
+    "heun_mali": _ours("mali", method="reversible_heun"),
 }
 METHODS = tuple(MAKERS)
 
