@@ -21,7 +21,8 @@ Measured now, all float32 on one thread:
   compiled when ``n_steps`` changes (the second value makes it symbolic, later ones reuse that
   graph); ``compile_steps`` compiles at 20 and at 400 steps, each in a fresh process, since the
   solver's ``while_loop`` should make compile time independent of the step count;
-  ``compile_cpp`` adds ``options={"cpp_wrapper": True}``.
+  ``compile_steps_tsit5`` does the same with ``method="tsit5"`` (the coupled 7-stage
+  tableau, automatic coupling); ``compile_cpp`` adds ``options={"cpp_wrapper": True}``.
 * ``onnxruntime``, ``onnxruntime_256``: inference of the digits classifier
   (``examples/digits_parts.DigitsModel``, untrained, 6 steps) exported with
   ``mali_func.export.to_onnx``, onnxruntime (``CPUExecutionProvider``, one intra-op thread)
@@ -126,6 +127,7 @@ def _training_step(
     options: dict[str, Any] | None = None,
     new_steps: Sequence[int] = (),
     repeats: int = 10,
+    method: str = "alf",
 ) -> dict[str, Any]:
     """Eager and compiled MALI training steps in this process, compiled into an empty cache.
 
@@ -146,7 +148,8 @@ def _training_step(
         t = torch.tensor([0.0, 1.0])
 
         def loss(y: Tensor, n: int) -> Tensor:
-            return mali_func.odeint(field, y, t, n_steps=n, gradient="mali")[-1].pow(2).mean()
+            ys = mali_func.odeint(field, y, t, n_steps=n, gradient="mali", method=method)
+            return ys[-1].pow(2).mean()
 
         compiled = torch.compile(loss, fullgraph=True, options=options)
 
@@ -210,14 +213,15 @@ def _compile_only(point: dict[str, Any]) -> float:
     return point["first_call_s"] - point["compiled_s"]
 
 
-def _compile_steps(quick: bool) -> dict[str, Any]:
+def _compile_steps(quick: bool, method: str = "alf") -> dict[str, Any]:
     few, many = 20, 400  # also with --quick: compile time, the cost here, does not depend on it
-    points = {n: run_child(Path(__file__), ["compile-point", str(n)]) for n in (few, many)}
+    child = "compile-point" if method == "alf" else f"compile-point-{method}"
+    points = {n: run_child(Path(__file__), [child, str(n)]) for n in (few, many)}
     if any(p is None for p in points.values()):
         raise RuntimeError(f"a compile point failed: {points}")
     a, b = points[few], points[many]
     return {
-        "setting": f"{SETTING}, cold cache, first call's wall time",
+        "setting": f"{SETTING}, method {method!r}, cold cache, first call's wall time",
         "baseline_s": b["first_call_s"],
         "candidate_s": a["first_call_s"],
         "check": f"ratio {many} / {few} steps {b['first_call_s'] / a['first_call_s']:.2f}"
@@ -284,7 +288,10 @@ def _onnx_latency(quick: bool, batch: int) -> dict[str, Any]:
     }
 
 
-POINTS: dict[str, Callable[[int], dict[str, Any]]] = {"compile-point": _training_step}
+POINTS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "compile-point": _training_step,
+    "compile-point-tsit5": partial(_training_step, method="tsit5", repeats=3),
+}
 """Helpers that a row's ``measure`` runs in fresh processes of their own: ``--child NAME ARG``."""
 
 
@@ -298,6 +305,12 @@ ROWS: dict[str, Row] = {
     "compile": Row("MALI training step", "eager", "torch.compile", _compile_vs_eager),
     "compile_steps": Row(
         "torch.compile time of a MALI training step", "400 steps", "20 steps", _compile_steps
+    ),
+    "compile_steps_tsit5": Row(
+        "torch.compile time of a MALI training step, reversible Tsit5",
+        "400 steps",
+        "20 steps",
+        partial(_compile_steps, method="tsit5"),
     ),
     "compile_cpp": Row(
         "MALI training step", "eager", 'torch.compile(options={"cpp_wrapper": True})', _compile_cpp
