@@ -255,6 +255,24 @@ class ScanLoops:
         (_, final), _ = scan(step, (_counter(like), list(leaves)), rows)
         return rebuild(final)
 
+    def fori_collect(
+        self, n: Count, body: Callable[[Any, Any], tuple[Any, tuple[Tensor, ...]]], carry: Any
+    ) -> tuple[Any, tuple[Tensor, ...]]:
+        """Like :meth:`fori` with a ``body`` returning ``(carry, ys)``; also returns every
+        iteration's ``ys`` stacked (``scan``'s own outputs: no buffer is carried)."""
+        leaves, rebuild = _flatten(carry)
+        leaves = [x.contiguous() for x in leaves]
+        like = leaves[0]
+        rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
+
+        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Any]:
+            j, xs = c
+            new, ys = body(j, rebuild(xs))
+            return (j + 1, _unaliased(_tensors(new), list(xs))), [y.clone() for y in ys]
+
+        (_, final), ys = scan(step, (_counter(like), list(leaves)), rows)
+        return rebuild(final), tuple(ys)
+
     def while_(self, *args: Any, **kwargs: Any) -> Any:
         raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
 

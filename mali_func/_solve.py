@@ -35,7 +35,7 @@ from torch import Tensor
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
-from ._loops import PYTHON, Loops, PythonLoops, take
+from ._loops import PYTHON, Loops, PythonLoops, ScanLoops, take
 from ._mode import tracing, under_transform
 from .schemes import Field, Params, ReversibleScheme, State
 
@@ -76,8 +76,16 @@ def forward(
         x, outs = carry
         inner = loops.fori(grid.length(s), body, carry if grid.step_outputs else x)
         x, outs = inner if grid.step_outputs else (inner, outs)
-        return x, grid.record_segment(outs, s, x[:n_out])
+        return x, None if outs is None else grid.record_segment(outs, s, x[:n_out])
 
+    if isinstance(outer, ScanLoops) and not grid.step_outputs:
+        # Export: the outputs at t_1..t_M are the outer scan's own outputs (no buffer carried).
+        def collected(s: Any, x: State) -> tuple[State, State]:
+            x = segment(s, (x, None))[0]
+            return x, x[:n_out]
+
+        final, ys = outer.fori_collect(grid.segments, collected, state)
+        return tuple(torch.cat([y.unsqueeze(0), r]) for y, r in zip(y0, ys)), final
     outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
     final, outs = outer.fori(grid.segments, segment, (state, outs0))
     return grid.finish(outs, y0, final[:n_out]), final
