@@ -139,19 +139,81 @@ def check_output(out: State, y0: State) -> None:
             )
 
 
+_CAPTURED = (
+    "func reads a tensor that requires grad but is not passed explicitly, so its gradient "
+    "would be lost; pass such tensors as odeint(..., args=(tensor, ...)) and accept them as "
+    "func(t, y, *args), or make func an nn.Module"
+)
+
+
 def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> None:
     """Raise when a plain callable reads a tensor that requires grad but is not in ``args``.
 
     Evaluates the field once on detached inputs with grad enabled: an output that still requires
-    grad depends on a captured tensor, whose gradient the engine would silently drop.
+    grad depends on a captured tensor, whose gradient the engine would silently drop. Under
+    ``no_grad``/``inference_mode`` no gradient is asked for, so nothing is checked.
     """
+    if not torch.is_grad_enabled():
+        return
     detached = tuple(y.detach() for y in y0)
     params = tuple(p.detach() for p in bound.params)
     with torch.enable_grad():
         out = bound.field(t0.detach(), detached, params)
     if any(o.requires_grad for o in out):
-        raise TypeError(
-            "func reads a tensor that requires grad but is not passed explicitly, so its "
-            "gradient would be lost; pass such tensors as odeint(..., args=(tensor, ...)) and "
-            "accept them as func(t, y, *args), or make func an nn.Module"
-        )
+        raise TypeError(_CAPTURED)
+
+
+def guard_captures(field: Field) -> Field:
+    """``field``, checked at every evaluation of a no-grad forward pass (MALI's, eager) for a
+    captured tensor that requires grad: one read only at later times (``w if t > 0.5 else 1``)
+    escapes :func:`check_no_capture` at ``t0``. Inputs are detached and grad is enabled, so an
+    output that requires grad can only come from a capture; nothing else builds a graph."""
+
+    def guarded(t: Tensor, y: State, params: Params) -> State:
+        if torch.is_grad_enabled():  # the reverse pass: its VJPs need the graph
+            return field(t, y, params)
+        with torch.enable_grad():
+            out = field(t.detach(), tuple(x.detach() for x in y), tuple(p.detach() for p in params))
+        if any(o.requires_grad for o in out):
+            raise TypeError(_CAPTURED + " (found at t = " + f"{float(t):.6g})")
+        return out
+
+    return guarded
+
+
+def check_module_attributes(module: nn.Module) -> None:
+    """Raise for a tensor attribute that requires grad but is neither a parameter nor a buffer
+    (a conditioning vector set from an encoder, a hypernetwork's output): the engine passes only
+    parameters and buffers explicitly, so its gradient would be lost."""
+    if not torch.is_grad_enabled():
+        return
+    for name, sub in module.named_modules():
+        for attr, value in vars(sub).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                where = f"{name}.{attr}" if name else attr
+                raise TypeError(
+                    f"func.{where} is a tensor that requires grad but is neither a parameter "
+                    "nor a buffer, so MALI would lose its gradient; register it with "
+                    f"register_buffer('{attr}', tensor) (buffers are differentiated), make it an "
+                    "nn.Parameter, or pass it through odeint(..., args=(tensor,)) and accept it "
+                    "as forward(t, y, *args)"
+                )
+
+
+def autocast_field(field: Field, device_type: str) -> Field:
+    """``field`` run under the ``torch.autocast`` that is active now, wherever it is evaluated.
+
+    Mixed precision: the field computes in the autocast dtype while the state (and the solver's
+    arithmetic) keeps ``y0``'s dtype, so each output is cast back to its state component's dtype.
+    The autocast context is re-entered inside every evaluation because MALI's reverse pass runs
+    in the backward, after the user's ``autocast`` block has exited: the reverse then evaluates
+    the same low-precision field as the forward, and the reconstruction stays consistent.
+    """
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Tensor, y: State, params: Params) -> State:
+        with torch.autocast(device_type, dtype=dtype):
+            out = field(t, y, params)
+        return tuple(o.to(x.dtype) if o.dtype != x.dtype else o for o, x in zip(out, y))
+
+    return cast

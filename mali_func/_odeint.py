@@ -10,6 +10,7 @@ autograd instead: the reference, with memory linear in the number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -20,7 +21,16 @@ from . import _mode
 from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
 from ._control import SolveStats, Tolerances, control
 from ._drift import DriftMonitor
-from ._field import BoundField, bind_field, check_no_capture, check_output, check_replayable
+from ._field import (
+    BoundField,
+    autocast_field,
+    bind_field,
+    check_module_attributes,
+    check_no_capture,
+    check_output,
+    check_replayable,
+    guard_captures,
+)
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward, solve
@@ -113,6 +123,14 @@ def odeint(
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
     if not isinstance(func, nn.Module):
         check_no_capture(bound, t[0], state)
+        if gradient == "mali" and _mode.current() is _mode.Mode.EAGER and torch.is_grad_enabled():
+            if not _mode.under_transform():
+                bound = dataclasses.replace(bound, field=guard_captures(bound.field))
+    elif gradient == "mali" and not _mode.tracing():
+        check_module_attributes(func)
+    device_type = state[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        bound = dataclasses.replace(bound, field=autocast_field(bound.field, device_type))
     checked: list[bool] = []
 
     def field_checked(t_: Tensor, y_: State, p_: Params) -> State:

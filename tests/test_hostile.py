@@ -146,3 +146,92 @@ def test_an_in_place_layer_after_an_ode_block_keeps_the_gradient(field: MLPField
         out = nn.ReLU(inplace=True)(block(x))
         results.append(torch.autograd.grad(out.pow(2).sum(), [x, *field.parameters()]))
     assert_close_all(results[0], results[1], rtol=1e-10)
+
+
+class Conditioned(nn.Module):
+    """A field reading ``self.c``, set from outside (an encoder's output, a hypernetwork)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2, dtype=F64)
+        self.c: torch.Tensor | None = None
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(y) + self.c)
+
+
+def test_a_module_attribute_that_requires_grad_is_refused_naming_it() -> None:
+    field, c = Conditioned(), torch.randn(2, dtype=F64, requires_grad=True)
+    field.c = 3 * c
+    with pytest.raises(TypeError, match=r"func\.c is a tensor that requires grad.*register_buffer"):
+        odeint(field, torch.randn(4, 2, dtype=F64), [0.0, 1.0], n_steps=5)
+    with torch.no_grad():  # no gradient asked for: nothing to lose, no error
+        odeint(field, torch.randn(4, 2, dtype=F64), [0.0, 1.0], n_steps=5)
+
+
+def test_the_same_tensor_as_a_buffer_gets_the_backprop_gradient() -> None:
+    torch.manual_seed(0)
+    c, y0 = torch.randn(2, dtype=F64, requires_grad=True), torch.randn(4, 2, dtype=F64)
+    grads = []
+    for gradient in ("mali", "backprop"):
+        field = Conditioned()
+        torch.manual_seed(1)
+        field.lin.reset_parameters()
+        del field.c
+        field.register_buffer("c", 3 * c)
+        ys = odeint(field, y0, [0.0, 1.0], n_steps=5, gradient=gradient)
+        grads.append(torch.autograd.grad(ys[-1].pow(2).sum(), c)[0])
+    assert grads[0].abs().sum() > 1e-3
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=0)
+
+
+def test_a_capture_read_only_at_later_times_is_refused() -> None:
+    w = torch.tensor(2.0, dtype=F64, requires_grad=True)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y * (w if float(t) > 0.5 else 1.0)
+
+    y0 = torch.randn(3, 2, dtype=F64)
+    # ALF evaluates the field at step midpoints: 0.1, 0.3, 0.5, then 0.7 reads w.
+    with pytest.raises(TypeError, match=r"passed explicitly.*found at t = 0\.7"):
+        odeint(f, y0, [0.0, 1.0], n_steps=5)
+    assert odeint(f, y0, [0.0, 1.0], n_steps=5, gradient="backprop").requires_grad
+
+
+def test_a_lambda_closing_over_a_module_runs_under_no_grad(field: MLPField) -> None:
+    y0 = torch.randn(3, 3, dtype=F64)
+    with torch.no_grad():
+        ys = odeint(lambda t, y: field(t, y), y0, [0.0, 1.0], n_steps=4)
+    with torch.inference_mode():
+        ys_inf = odeint(lambda t, y: field(t, y), y0, [0.0, 1.0], n_steps=4)
+    torch.testing.assert_close(ys, ys_inf)
+    with pytest.raises(TypeError, match="passed explicitly"):
+        odeint(lambda t, y: field(t, y), y0, [0.0, 1.0], n_steps=4)
+
+
+def test_autocast_runs_the_field_in_low_precision_and_the_state_in_its_own() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            assert self.net(y).dtype == torch.bfloat16  # the field computes under autocast
+            return self.net(y)
+
+    field, y0 = Field(), torch.randn(8, 4)
+    grads = []
+    for gradient in ("mali", "backprop"):
+        y = y0.clone().requires_grad_()
+        field.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            ys = odeint(field, y, [0.0, 1.0], n_steps=5, gradient=gradient)
+        assert ys.dtype == torch.float32
+        ys[-1].pow(2).sum().backward()  # MALI's reverse re-enters the same autocast
+        grads.append(torch.cat([y.grad.flatten(), *(p.grad.flatten() for p in net.parameters())]))
+    # bfloat16 keeps 8 bits: MALI re-evaluates the field at rebuilt states, backprop reuses the
+    # forward's, so they agree to the field's precision, not to round-off.
+    assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 2e-2
