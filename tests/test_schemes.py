@@ -157,3 +157,17 @@ def test_backward_evaluates_each_stage_once_per_half_step(field: MLPField) -> No
     field.calls = 0
     ys[-1].sum().backward()
     assert field.calls == 10 * 2 * 4  # 10 steps, two base steps of four stages, each under a VJP
+
+
+@pytest.mark.parametrize("method", EMBEDDED)
+def test_adaptive_steps_do_not_jump_over_a_singularity(method: str) -> None:
+    """``y' = y^2, y(0) = 1`` has no solution past ``t = 1``: the solve must fail, not return a
+    number (both base steps' error estimates count, so a step across the pole is rejected)."""
+    y0 = torch.ones(1, dtype=F64)
+    with pytest.raises(RuntimeError, match="step size underflowed"):
+        odeint(lambda t, y: y**2, y0, [0.0, 1.0005], method=method)
+    batched = torch.func.vmap(
+        lambda y: odeint(lambda t, x: x**2, y, [0.0, 1.0005], method=method, stats=True)
+    )
+    ys, stats = batched(torch.ones(2, 1, dtype=F64))
+    assert stats.failed.all() and ys[:, -1].isnan().all()

@@ -173,7 +173,10 @@ class CoupledRK(ReversibleScheme):
         y, z, extra, lam = self._split(state, h)
         psi, err = self.tableau.increment(field, t, h, z, params, error=error)
         y_new = tuple(lam * a + (1 - lam) * b + p for a, b, p in zip(y, z, psi))
-        back = self.tableau.increment(field, t + h, -h, y_new, params)[0]
+        back, err_back = self.tableau.increment(field, t + h, -h, y_new, params, error=error)
+        if err is not None and err_back is not None:
+            # Both base steps' estimates: one that jumps a singularity shows in the second.
+            err = tuple(torch.hypot(a, b) for a, b in zip(err, err_back))
         # A new tensor for rho: the engine saves the final state, never an input passed through.
         extra = tuple(x.clone() for x in extra)
         return (*y_new, *(b - p for b, p in zip(z, back)), *extra), err
