@@ -17,6 +17,7 @@ Tsitouras (2011).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,14 +73,25 @@ class ButcherTableau:
     def stages(self) -> int:
         return len(self.b)
 
+    @functools.cached_property
+    def stability_coefficients(self) -> tuple[float, ...]:
+        """``(1, b^T 1, b^T A 1, b^T A^2 1, ...)``: the coefficients of ``R(w)`` in powers of
+        ``w`` (``A`` is strictly lower triangular, so there are at most ``s + 1``)."""
+        coeffs, v = [1.0], [1.0] * self.stages
+        for _ in range(self.stages):
+            coeffs.append(sum(b * x for b, x in zip(self.b, v)))
+            v = [sum(a * x for a, x in zip(row, v)) for row in self.a]
+        return tuple(coeffs)
+
     def stability(self, w: Tensor) -> Tensor:
         """The stability function ``R(w) = 1 + w b^T (I - w A)^{-1} 1`` (one step of ``y' = mu
-        y`` from ``y = 1`` with ``w = h mu``), elementwise in ``w`` (real or complex)."""
-        ks: list[Tensor] = []
-        for row in self.a:
-            inner = 1 + sum((a * k for a, k in zip(row, ks) if a != 0.0), torch.zeros_like(w))
-            ks.append(w * inner)
-        return 1 + sum((b * k for b, k in zip(self.b, ks) if b != 0.0), torch.zeros_like(w))
+        y`` from ``y = 1`` with ``w = h mu``), elementwise in ``w`` (real or complex), by Horner's
+        rule."""
+        *rest, last = self.stability_coefficients
+        r = torch.full_like(w, last)
+        for c in reversed(rest):
+            r = r * w + c
+        return r
 
     def increment(
         self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *, error: bool = False
