@@ -1,4 +1,4 @@
-"""DistributedDataParallel (gloo, CPU) with an ODEBlock trained by MALI.
+"""DistributedDataParallel (gloo, CPU) with ODEBlocks (ALF, reversible RK4) trained by MALI.
 
 Two processes each take half of a global batch; after DDP's all-reduce their gradients must equal
 those of one process on the whole batch.
@@ -32,8 +32,13 @@ def make_model() -> nn.Module:
         def forward(self, t, x):
             return self.net(x) * torch.cos(t)
 
+    # ALF, and a reversible RK4 (a fixed coupling: "auto" estimates the contraction from the
+    # batch it is given, so a shard's solve may differ from the whole batch's, as adaptive steps do)
     return nn.Sequential(
-        nn.Linear(3, 4, dtype=F64), ODEBlock(Field(), n_steps=8), nn.Linear(4, 2, dtype=F64)
+        nn.Linear(3, 4, dtype=F64),
+        ODEBlock(Field(), n_steps=8),
+        ODEBlock(Field(), n_steps=5, method="rk4", coupling=0.9),
+        nn.Linear(4, 2, dtype=F64),
     )
 
 
