@@ -34,6 +34,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "DriftMonitor",
         "ODEBlock",
         "ReconstructionWarning",
+        "ReversibleHeun",
         "ReversibleScheme",
         "SolveStats",
         "odeint",
