@@ -9,7 +9,7 @@ constant in the number of steps and the gradient is that of the discrete forward
 from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
-from ._odeint import odeint
+from ._odeint import odeint, odeint_adjoint
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "ReversibleScheme",
     "SolveStats",
     "odeint",
+    "odeint_adjoint",
 ]
 __version__ = "0.1.0"

@@ -61,7 +61,8 @@ def check_y0(y0: Any) -> tuple[tuple[Tensor, ...], bool]:
 
 
 def check_t(t: Any, like: Tensor) -> Tensor:
-    """``t`` as a 1-D tensor on ``like``'s dtype and device, strictly monotonic."""
+    """``t`` as a 1-D tensor on ``like``'s dtype (a floating ``t`` of another dtype is cast, as
+    torchdiffeq does; an integer one is refused) and device, strictly monotonic."""
     if type(t).__module__ == "numpy" and hasattr(t, "tolist"):  # an array: like a list
         t = t.tolist()
     if isinstance(t, (list, tuple)) and all(
@@ -72,8 +73,8 @@ def check_t(t: Any, like: Tensor) -> Tensor:
         raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"t must have the dtype of y0 ({like.dtype}), got {t.dtype}")
+    if t.dtype != like.dtype:  # as torchdiffeq: the times follow the state's precision
+        t = t.to(like.dtype)
     if t.device != like.device:
         raise ValueError(f"t must be on the device of y0 ({like.device}), got {t.device}")
     if t.ndim != 1:

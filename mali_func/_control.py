@@ -9,8 +9,9 @@ solution,
 and judged by a controller (:class:`Controller`). The default, :class:`IntegralController`,
 accepts when ``err <= 1`` and proposes ``h * clip(safety * err^(-1/(q+1)), 0.2, 10)`` for an
 estimate of order ``q`` (ALF: ``q = 1``, the paper package's ``err^(-1/2)``), with no growth
-right after a rejection. The first step is the Hairer-Wanner estimate (Hairer, Norsett & Wanner,
-*Solving ODEs I*, II.4) unless given.
+right after a rejection. A step shortened to land on an output time keeps the proposal it was cut
+from for the step after it, so many output times do not cost steps. The first step is the
+Hairer-Wanner estimate (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4) unless given.
 
 The trial step is branch-free: each trial is committed with ``torch.where``, so the same code runs
 per sample under ``torch.func.vmap`` (each sample's norm, steps and termination are its own) and
@@ -201,7 +202,13 @@ def control(
             outputs=write_row(carry.outputs, slot, state[:n_out]),
             interval=carry.interval + ends.long(),
             c=torch.where(ok, torch.where(reach, 0, carry.c + theta), carry.c),
-            hmag=torch.where(active, h_next, carry.hmag),
+            # A step shortened to land on t_{i+1} does not cost the controller its step size:
+            # after it, the unclipped proposal stands (if the error allows more, more).
+            hmag=torch.where(
+                active,
+                torch.where(ok & reach, torch.maximum(h_next, carry.hmag), h_next),
+                carry.hmag,
+            ),
             memory=memory,
             stats=stats,
         )

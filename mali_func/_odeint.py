@@ -11,7 +11,7 @@ autograd instead: the reference, with memory linear in the number of steps.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from . import _mode
 from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
+from ._compat import translate
 from ._control import SolveStats, Tolerances, control
 from ._drift import DriftMonitor
 from ._field import (
@@ -43,10 +44,13 @@ def odeint(
     func: Callable[..., Any],
     y0: TensorOrTuple,
     t: Tensor | Sequence[float],
-    *,
+    rtol: float | None = None,
+    atol: float | None = None,
     method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
     eta: float | None = None,
-    coupling: float | None = None,
+    coupling: float | str | None = None,
     n_steps: int | None = None,
     step_size: float | None = None,
     gradient: Literal["mali", "backprop"] = "mali",
@@ -54,11 +58,15 @@ def odeint(
     scheme: ReversibleScheme | None = None,
     monitor: DriftMonitor | None = None,
     reconstruction_tol: float | None = 1e-3,
-    rtol: float | None = None,
-    atol: float | None = None,
     max_steps: int | None = None,
     first_step: float | None = None,
     stats: bool = False,
+    event_fn: Any = None,
+    adjoint_params: Sequence[Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Integrate ``dy/dt = func(t, y, *args)`` and return ``y`` at every time in ``t``.
 
@@ -69,16 +77,20 @@ def odeint(
             every tensor that needs a gradient through ``args``; capturing one raises.
         y0: initial state at ``t[0]``: a floating-point tensor of any shape, or a tuple of them
             (e.g. ``(z, logp)``).
-        t: 1-D, at least two strictly increasing or strictly decreasing times, same dtype and
-            device as ``y0`` (a list of floats is converted).
-        method: the scheme by name: ``"alf"`` (the default), or ``"midpoint"``, ``"heun"``,
-            ``"bosh3"``, ``"rk4"``, ``"dopri5"``: the *reversible coupling* of that Runge-Kutta
-            tableau (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), not the plain step.
+        t: 1-D, at least two strictly increasing or strictly decreasing times on ``y0``'s
+            device (a list, tuple or numpy array of floats is converted; a floating tensor of
+            another dtype is cast to ``y0``'s, as torchdiffeq does).
+        method: the scheme by name: ``"alf"`` (the default), ``"reversible_heun"``, or
+            ``"euler"``, ``"midpoint"``, ``"heun"``, ``"adaptive_heun"``, ``"heun3"``,
+            ``"bosh3"``, ``"rk4"``, ``"dopri5"``, ``"tsit5"``: the *reversible coupling* of that
+            Runge-Kutta tableau (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), not
+            the plain step.
         eta: ALF damping in (0, 1], not 0.5; 1 (the default) is undamped ALF. Damped steps make
             the reverse reconstruction amplify round-off by ``1/|1 - 2 eta|`` per step.
-        coupling: ``lambda`` in (0, 1] of the Runge-Kutta methods (default 0.9): near 1 the
-            forward pass is unstable on contracting dynamics, small values amplify round-off in
-            the reverse reconstruction.
+        coupling: ``lambda`` of the Runge-Kutta methods: ``"auto"`` (the default; chosen per
+            step from the step size and a contraction estimate) or a number in (0, 1]: near 1
+            the forward pass is unstable on contracting dynamics, small values amplify round-off
+            in the reverse reconstruction.
         n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
@@ -97,6 +109,12 @@ def odeint(
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
         stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected
             steps, failure flag).
+        options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
+            adjoint_options: torchdiffeq's arguments (:mod:`mali_func._compat`): ``options``
+            keys ``step_size``, ``first_step``, ``max_num_steps``; ``adjoint_params`` is checked
+            and otherwise unneeded (every tensor the field receives is differentiated); the
+            adjoint's tolerances and method are accepted and unused, since MALI's backward
+            replays the forward steps; ``event_fn`` raises :class:`NotImplementedError`.
 
     Returns:
         A tensor of shape ``(len(t), *y0.shape)``, or a tuple of such tensors for a tuple ``y0``;
@@ -107,6 +125,11 @@ def odeint(
             underflows; under ``vmap`` or ``torch.compile`` the outputs are NaN instead and
             ``stats.failed`` is set.
     """
+    step_size, first_step, max_steps = translate(
+        method, options, n_steps=n_steps, step_size=step_size, first_step=first_step,
+        max_steps=max_steps, event_fn=event_fn, adjoint_params=adjoint_params,
+    )  # fmt: skip
+    del adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options  # nothing to configure
     state, tuple_state = check_y0(y0)
     t = check_t(t, state[0])
     steps = check_steps(n_steps, step_size, t)
@@ -220,3 +243,32 @@ def _dispatch(
         replay=bound.replaying,
     )
     return solve(spec, t, n, probe, start, params)
+
+
+TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
+
+
+def odeint_adjoint(
+    func: Callable[..., Any],
+    y0: TensorOrTuple,
+    t: Tensor | Sequence[float],
+    rtol: float | None = None,
+    atol: float | None = None,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """:func:`odeint` with torchdiffeq's defaults, for ``from mali_func import odeint_adjoint as
+    odeint``: ``method="dopri5"`` (the reversible coupling of Dormand-Prince 5(4)) unless a
+    ``scheme`` is given, and on adaptive solves ``rtol=1e-7, atol=1e-9``. Every argument of
+    :func:`odeint` is accepted; the gradient is MALI's (constant memory, exact for the discrete
+    solve), which is what torchdiffeq's adjoint approximates."""
+    fixed = any(kwargs.get(k) is not None for k in ("n_steps", "step_size")) or (
+        isinstance(options, Mapping) and "step_size" in options
+    )
+    if method is None and kwargs.get("scheme") is None:
+        method = TORCHDIFFEQ_METHOD
+    if not fixed:
+        rtol = TORCHDIFFEQ_RTOL if rtol is None else rtol
+        atol = TORCHDIFFEQ_ATOL if atol is None else atol
+    return odeint(func, y0, t, rtol, atol, method, options, **kwargs)

@@ -38,6 +38,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "ReversibleScheme",
         "SolveStats",
         "odeint",
+        "odeint_adjoint",
     }
     assert set(mali_func.__all__) == expected
     assert not hasattr(mali_func, "Chain") and not hasattr(mali_func, "ReversibleChain")

@@ -164,7 +164,7 @@ def test_adaptive_steps_do_not_jump_over_a_singularity(method: str) -> None:
     """``y' = y^2, y(0) = 1`` has no solution past ``t = 1``: the solve must fail, not return a
     number (both base steps' error estimates count, so a step across the pole is rejected)."""
     y0 = torch.ones(1, dtype=F64)
-    with pytest.raises(RuntimeError, match="step size underflowed"):
+    with pytest.raises(RuntimeError, match="adaptive solve failed"):
         odeint(lambda t, y: y**2, y0, [0.0, 1.0005], method=method)
     batched = torch.func.vmap(
         lambda y: odeint(lambda t, x: x**2, y, [0.0, 1.0005], method=method, stats=True)

@@ -11,7 +11,8 @@ so that one step is :math:`y' = y + \Psi_h(t, y)`. An embedded row :math:`\hat b
 local error estimate :math:`e = h \sum_i (b_i - \hat b_i) k_i` of order ``error_order``. The stage
 loop is a Python loop over the (few, static) stages, so it traces under ``torch.compile`` and
 export like any other code. Coefficients are the published ones: Runge's midpoint and Heun's
-method, Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980),
+method (also with Euler's as an embedded estimate), Heun's third-order method, Euler's method,
+Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980),
 Tsitouras (2011).
 """
 
@@ -128,8 +129,18 @@ def _embedded(b: tuple[float, ...], b_hat: tuple[float, ...]) -> tuple[float, ..
     return tuple(x - y for x, y in zip(b, b_hat))
 
 
+EULER = ButcherTableau("euler", ((),), (1.0,), (0.0,), order=1)
 MIDPOINT = ButcherTableau("midpoint", ((), (0.5,)), (0.0, 1.0), (0.0, 0.5), order=2)
 HEUN = ButcherTableau("heun", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), order=2)
+# Heun's method with Euler's as the embedded estimate (first order): torchdiffeq's adaptive_heun.
+ADAPTIVE_HEUN = ButcherTableau(
+    "adaptive_heun", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), order=2,
+    b_error=_embedded((0.5, 0.5), (1.0, 0.0)), error_order=1,
+)  # fmt: skip
+# Heun's third-order method (Heun 1900).
+HEUN3 = ButcherTableau(
+    "heun3", ((), (1 / 3,), (0.0, 2 / 3)), (1 / 4, 0.0, 3 / 4), (0.0, 1 / 3, 2 / 3), order=3
+)
 BOSH3 = ButcherTableau(
     "bosh3",
     ((), (1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
@@ -208,4 +219,7 @@ TSIT5 = ButcherTableau(
     error_order=4,
 )
 
-TABLEAUS = {tab.name: tab for tab in (MIDPOINT, HEUN, BOSH3, RK4, DOPRI5, TSIT5)}
+TABLEAUS = {
+    tab.name: tab
+    for tab in (EULER, MIDPOINT, HEUN, ADAPTIVE_HEUN, HEUN3, BOSH3, RK4, DOPRI5, TSIT5)
+}

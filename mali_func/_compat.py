@@ -1,0 +1,90 @@
+"""torchdiffeq's calling convention, translated to :func:`mali_func.odeint`'s own arguments.
+
+torchdiffeq (Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018) calls
+``odeint(func, y0, t, rtol, atol, method, options)`` and ``odeint_adjoint(..., adjoint_params=,
+adjoint_rtol=, ...)``. Here both names are the same MALI solve: its backward replays the forward
+steps exactly, so the adjoint's own tolerances and method have nothing to configure and are
+accepted as no-ops. ``options`` carries solver settings under torchdiffeq's keys; they map to ours:
+
+==================  ==============================================================
+``step_size``       ``step_size`` (fixed steps of at most that size per interval)
+``first_step``      ``first_step`` (the first adaptive step)
+``max_num_steps``   ``max_steps`` (most trial steps of an adaptive solve)
+==================  ==============================================================
+
+The method names that torchdiffeq and this library share (``"euler"``, ``"midpoint"``,
+``"heun3"``, ``"adaptive_heun"``, ``"bosh3"``, ``"rk4"``, ``"dopri5"``, ``"tsit5"``) name the
+reversible coupling of the same tableau here; multistep, implicit and SciPy methods do not exist
+in a reversible form and are refused with the list of what does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from .schemes import METHODS
+
+OPTION_KEYS = ("step_size", "first_step", "max_num_steps")
+"""The torchdiffeq ``options`` keys that have a meaning here."""
+
+_REFUSED_OPTIONS = {
+    "perturb": "perturb (event handling for discontinuities) is not supported",
+    "grid_constructor": "grid_constructor is not supported: give n_steps or step_size",
+    "interp": "interp is not supported: outputs are steps that land on every t[i]",
+}
+_NOT_REVERSIBLE = (
+    "dopri8", "fehlberg2", "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver",
+    "rk4_alt",  # the 3/8 rule: not implemented; "rk4" is the classic tableau
+)  # fmt: skip
+
+
+def translate(
+    method: str | None,
+    options: Mapping[str, Any] | None,
+    *,
+    n_steps: int | None,
+    step_size: float | None,
+    first_step: float | None,
+    max_steps: int | None,
+    event_fn: Any,
+    adjoint_params: Sequence[Any] | None,
+) -> tuple[float | None, float | None, int | None]:
+    """Check torchdiffeq's extra arguments; return ``(step_size, first_step, max_steps)``."""
+    if event_fn is not None:
+        raise NotImplementedError(
+            "event_fn: event handling is not implemented in mali-func; solve to a fixed end time"
+        )
+    if isinstance(method, str) and method in _NOT_REVERSIBLE:
+        raise ValueError(
+            f"method {method!r} (torchdiffeq) has no reversible form here; mali-func's methods "
+            f"are {list(METHODS)}"
+        )
+    if adjoint_params is not None:
+        if isinstance(adjoint_params, Tensor) or not all(
+            isinstance(p, Tensor) for p in adjoint_params
+        ):
+            raise TypeError("adjoint_params must be a sequence of tensors")
+    if options is None:
+        return step_size, first_step, max_steps
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    for key in options:
+        if key in _REFUSED_OPTIONS:
+            raise ValueError(f"options[{key!r}]: {_REFUSED_OPTIONS[key]}")
+        if key not in OPTION_KEYS:
+            raise ValueError(f"options has an unknown key {key!r}; valid keys: {list(OPTION_KEYS)}")
+    ours = {"step_size": step_size, "first_step": first_step, "max_num_steps": max_steps}
+    for key in options:
+        if ours[key] is not None:
+            name = "max_steps" if key == "max_num_steps" else key
+            raise ValueError(f"give options[{key!r}] or {name}=, not both")
+    if "step_size" in options and n_steps is not None:
+        raise ValueError("give options['step_size'] or n_steps, not both")
+    return (
+        options.get("step_size", step_size),
+        options.get("first_step", first_step),
+        options.get("max_num_steps", max_steps),
+    )

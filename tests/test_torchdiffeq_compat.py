@@ -1,0 +1,209 @@
+"""torchdiffeq code runs with the import changed: its signature, defaults, problems and options.
+
+The problems are the kind torchdiffeq's own tests solve (constant, linear, sine, exponential;
+forward and backward in time; tuple states), called the torchdiffeq way (positional ``rtol,
+atol, method, options``) at torchdiffeq's default tolerances (rtol 1e-7, atol 1e-9), with the
+error limits a torchdiffeq user relies on there.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import F64
+from torch import Tensor, nn
+
+from mali_func import odeint, odeint_adjoint
+
+RTOL, ATOL = 1e-7, 1e-9
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class Constant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.2, dtype=F64))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.a + torch.zeros_like(y)
+
+    def exact(self, t: Tensor, y0: Tensor) -> Tensor:
+        return y0 + self.a * (t - t[0]).view(-1, *([1] * y0.ndim))
+
+
+class Linear(nn.Module):
+    """``y' = A y``: the exact solution is ``expm((t - t0) A) y0``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([[-0.1, -2.0], [2.0, -0.1]], dtype=F64))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return y @ self.a.T
+
+    def exact(self, t: Tensor, y0: Tensor) -> Tensor:
+        return torch.stack([y0 @ torch.linalg.matrix_exp((s - t[0]) * self.a).T for s in t])
+
+
+class Sine(nn.Module):
+    """``y' = cos(t)``: ``y = y0 + sin(t) - sin(t0)``."""
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.cos(t) + torch.zeros_like(y)
+
+    def exact(self, t: Tensor, y0: Tensor) -> Tensor:
+        return y0 + (torch.sin(t) - torch.sin(t[0])).view(-1, *([1] * y0.ndim))
+
+
+class Exponential(nn.Module):
+    """``y' = -0.5 y``."""
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return -0.5 * y
+
+    def exact(self, t: Tensor, y0: Tensor) -> Tensor:
+        return y0 * torch.exp(-0.5 * (t - t[0])).view(-1, *([1] * y0.ndim))
+
+
+PROBLEMS = {"constant": Constant, "linear": Linear, "sine": Sine, "exponential": Exponential}
+ADAPTIVE = ["dopri5", "tsit5", "bosh3", "adaptive_heun"]
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("backwards", [False, True], ids=["forward", "backward"])
+def test_adaptive_solutions_at_torchdiffeqs_default_tolerances(
+    problem: str, method: str, backwards: bool
+) -> None:
+    field = PROBLEMS[problem]()
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 0.8]], dtype=F64)
+    t = torch.linspace(1.0, 4.0, 7, dtype=F64)
+    t = t.flip(0) if backwards else t
+    # A second-order pair at 1e-7 would take 1e5 steps: it gets looser tolerances and limit.
+    rtol, atol, limit = (1e-5, 1e-7, 1e-3) if method == "adaptive_heun" else (RTOL, ATOL, 1e-6)
+    with torch.no_grad():
+        ys = odeint(field, y0, t, rtol, atol, method)  # torchdiffeq's positional arguments
+        error = (ys - field.exact(t, y0)).abs().max().item()
+    assert error < limit, error
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun3", "rk4"])
+def test_fixed_step_methods_with_options_step_size(method: str) -> None:
+    field = Linear()
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    with torch.no_grad():
+        ys = odeint(field, y0, t, method=method, options={"step_size": 0.01})
+        error = (ys - field.exact(t, y0)).abs().max().item()
+    assert error < {"euler": 5e-2, "midpoint": 1e-3, "heun3": 1e-5, "rk4": 1e-7}[method], error
+
+
+def test_a_float64_t_with_a_float32_state_is_cast_as_torchdiffeq_does() -> None:
+    y0 = torch.tensor([[1.0, 0.0]])
+    ys = odeint(Exponential(), y0, torch.tensor([0.0, 1.0], dtype=F64), n_steps=100)
+    assert ys.dtype == torch.float32
+    assert abs(ys[-1, 0, 0].item() - math.exp(-0.5)) < 1e-4
+
+
+def test_tuple_states_and_gradients_through_odeint_adjoint() -> None:
+    """``from mali_func import odeint_adjoint as odeint``: torchdiffeq's defaults (dopri5, rtol
+    1e-7, atol 1e-9), ``adjoint_params`` and the adjoint tolerances accepted."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            z, _ = state
+            dz = self.net(z)
+            return dz, -(dz * z).sum(-1)
+
+    field = Pair()
+    z0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    logp0 = torch.zeros(3, dtype=F64)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    zs, logps = odeint_adjoint(
+        field, (z0, logp0), t, adjoint_params=tuple(field.parameters()), adjoint_rtol=1e-4,
+        adjoint_atol=1e-6, adjoint_method="rk4", adjoint_options={},
+    )  # fmt: skip
+    loss = zs[-1].pow(2).sum() + logps[-1].sum()
+    got = torch.autograd.grad(loss, [z0, *net.parameters()])
+    zs_b, logps_b = odeint(field, (z0, logp0), t, RTOL, ATOL, "dopri5", gradient="backprop")
+    want = torch.autograd.grad(zs_b[-1].pow(2).sum() + logps_b[-1].sum(), [z0, *net.parameters()])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_gradient_matches_finite_differences_through_the_torchdiffeq_signature() -> None:
+    field = Linear()
+    y0 = torch.tensor([[1.0, -0.5]], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+
+    def loss(a: Tensor) -> Tensor:
+        field.a.data.copy_(a)
+        return odeint_adjoint(field, y0, t)[-1].pow(2).sum()
+
+    a0 = field.a.detach().clone()
+    field.a.data.copy_(a0)
+    grad = torch.autograd.grad(odeint_adjoint(field, y0, t)[-1].pow(2).sum(), field.a)[0]
+    eps = 1e-6
+    for i in range(2):
+        for j in range(2):
+            e = torch.zeros_like(a0)
+            e[i, j] = eps
+            with torch.no_grad():
+                fd = (loss(a0 + e) - loss(a0 - e)) / (2 * eps)
+            assert abs(fd.item() - grad[i, j].item()) < 1e-6 * max(1.0, abs(fd.item()))
+
+
+def test_a_lambda_over_a_module_runs_under_no_grad() -> None:
+    field = Linear()
+    with torch.no_grad():
+        ys = odeint(lambda t, y: field(t, y), torch.ones(1, 2, dtype=F64), [0.0, 1.0], RTOL, ATOL)
+    assert torch.isfinite(ys).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_spiral_solves_adaptively_with_torchdiffeqs_defaults(dtype: torch.dtype) -> None:
+    a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=dtype)
+    y0 = torch.tensor([[2.0, 0.0]], dtype=dtype)
+    t = torch.linspace(0.0, 25.0, 81, dtype=dtype)
+    with torch.no_grad():
+        ys, stats = odeint_adjoint(lambda t, y: (y**3) @ a, y0, t, stats=True)
+        ref = odeint_adjoint(lambda t, y: (y**3) @ a.double(), y0.double(), t.double(),
+                             rtol=1e-10, atol=1e-12)  # fmt: skip
+    assert not stats.failed
+    assert (ys.double() - ref).abs().max().item() < (1e-5 if dtype == F64 else 1e-3)
+
+
+def test_output_times_do_not_cost_steps_beyond_their_spacing() -> None:
+    """A step cut short to land on t_i keeps its proposal: at tolerances where the natural steps
+    are shorter than the output spacing, 2 and 81 output times take about the same steps."""
+    a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    accepted = {}
+    for n in (2, 81):
+        with torch.no_grad():
+            _, stats = odeint(lambda t, y: (y**3) @ a, y0, torch.linspace(0, 25.0, n, dtype=F64),
+                              method="tsit5", rtol=1e-9, atol=1e-11, stats=True)  # fmt: skip
+        accepted[n] = stats.n_accepted.item()
+    assert accepted[81] <= 1.1 * accepted[2], accepted
+
+
+def test_spiral_demo_trains(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "spiral_demo.py"), "--niters", "30"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = float(proc.stdout.split("first loss ")[1].split()[0])
+    last = float(proc.stdout.split("final loss ")[1].split()[0])
+    assert last < first
