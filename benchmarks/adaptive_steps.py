@@ -11,8 +11,9 @@ Bogacki-Shampine 3(2) and Tsitouras 5(4) (automatic coupling; accepted and rejec
 evaluations of forward and backward, solution error, MALI gradient error) beside TorchDiffEqPack's
 ``sym12async`` (the paper's adaptive MALI) and torchdiffeq's ``odeint_adjoint`` with dopri5, each
 with its own field-evaluation count, when those are installed. Field evaluations are counted in
-the field's ``forward``. A diffrax row (``Tsit5`` with ``RecursiveCheckpointAdjoint``; released
-diffrax has no reversible adjoint) is not measured yet: the table says so.
+the field's ``forward``. diffrax rows (``Tsit5`` with ``RecursiveCheckpointAdjoint``; released
+diffrax has no reversible adjoint) come from ``benchmarks/diffrax_row.py`` when a JAX interpreter
+with diffrax is available, and are noted as skipped otherwise.
 
     python benchmarks/adaptive_steps.py [--out benchmarks/results/adaptive.md]
 """
@@ -23,6 +24,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import diffrax_row
 import torch
 from torch import Tensor, nn
 
@@ -151,12 +153,28 @@ def main() -> None:
             )
         except ImportError:
             pass
+    field = Field()
+    problem = {"w1": field.w1, "w2": field.w2, "y0": y0, "ref_y": ref_y,
+               "ref_g1": ref_g[0], "ref_g2": ref_g[1]}  # fmt: skip
+    jax_rows = diffrax_row.rows(TOLS, problem)
+    for r in jax_rows or []:
+        lines.append(
+            f"| diffrax Tsit5, RecursiveCheckpointAdjoint | {r['tol']:g} | {r['accepted']} "
+            f"| {r['rejected']} | {r['forward_evals']} + (recomputed) | "
+            f"{r['solution_error']:.1e} | {r['gradient_error']:.1e} |"
+        )
     table = "\n".join(lines)
     table += (
         f"\n\nReference: coupled RK4, 4,000 steps, backprop; against 2,000 steps its solution "
         f"differs by {rel(check_y, ref_y):.0e} and its gradient by {grad_err(check_g, ref_g):.0e}."
-        "\ndiffrax rows: not measured (jax and diffrax are not part of the bench extra yet).\n"
     )
+    if jax_rows is None:
+        table += "\ndiffrax rows skipped: jax/diffrax not installed (benchmarks/diffrax_row.py).\n"
+    else:
+        table += (
+            "\ndiffrax: JAX float64, one thread; forward evaluations estimated as 6 per trial step "
+            "(Tsit5 is FSAL); its backward recomputes from checkpoints (not counted).\n"
+        )
     print(table)
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(table + "\n")
