@@ -15,7 +15,8 @@ through the solver's steps). Two interpreters take part:
 
 The rows appear when ``MALI_DIFFRAX_PYTHON`` (or ``/work/jaxvenv/bin/python``) is an interpreter
 that imports both; otherwise the table notes them as skipped. Install:
-``python -m venv jaxvenv && jaxvenv/bin/pip install 'jax[cpu]' diffrax``.
+``pip install -e '.[diffrax]'`` (this venv), or a separate ``python -m venv jaxvenv &&
+jaxvenv/bin/pip install 'jax[cpu]' diffrax`` named by ``MALI_DIFFRAX_PYTHON``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CANDIDATES = (os.environ.get("MALI_DIFFRAX_PYTHON", ""), "/work/jaxvenv/bin/python")
+CANDIDATES = (
+    os.environ.get("MALI_DIFFRAX_PYTHON", ""),
+    sys.executable,  # after pip install -e '.[diffrax]'
+    "/work/jaxvenv/bin/python",
+)
 
 
 def jax_python() -> str | None:
