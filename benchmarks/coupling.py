@@ -82,8 +82,15 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
                 fixed = [r for r in pts if r["coupling"] != "auto"]
                 auto = next(r for r in pts if r["coupling"] == "auto")
                 color = f"C{i}"
-                ax.semilogy([r["coupling"] for r in fixed], [r[key] for r in fixed], style,
-                            marker="o", ms=3, color=color, label=f"{steps} steps, {dtype}")
+                ax.semilogy(
+                    [r["coupling"] for r in fixed],
+                    [r[key] for r in fixed],
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=f"{steps} steps, {dtype}",
+                )
                 ax.axhline(auto[key], color=color, ls=style, lw=0.8, alpha=0.6)  # fmt: skip
         ax.set_xlabel("coupling lambda (horizontal lines: coupling='auto')")
         ax.set_title(key.replace("_", " "))

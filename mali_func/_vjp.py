@@ -60,10 +60,7 @@ def autograd_vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[
     """
     flat, sizes = _flatten(primals)
     always = len(flat) - (1 if sizes[-1] < 0 else sizes[-1])
-    leaves = [
-        x.detach().requires_grad_() if i < always else x
-        for i, x in enumerate(flat)
-    ]
+    leaves = [x.detach().requires_grad_() if i < always else x for i, x in enumerate(flat)]
     with torch.enable_grad():
         out = fn(*_unflatten(leaves, sizes))
     single = isinstance(out, Tensor)
