@@ -9,9 +9,17 @@ through the solver's steps). Two interpreters take part:
   ``.npz`` and runs this file in the JAX interpreter;
 * ``--run FILE.npz`` (a venv with ``jax[cpu]`` and ``diffrax``, one thread, float64): solves
   ``f(y) = W2 tanh(W1 y) - 0.1 y`` over [0, 5] with ``diffrax.Tsit5`` and a ``PIDController`` at
-  rtol = atol = each tolerance, differentiates ``mean(y(5)^2)`` with ``jax.grad`` and prints JSON
-  rows: steps, an estimate of the forward field evaluations (Tsit5 is FSAL: 6 per trial step),
-  solution and gradient error against the reference, and the warm time of one gradient.
+  rtol = atol = each tolerance, differentiates ``mean(y(5)^2)`` in ``(W1, W2)`` with ``jax.grad``
+  and prints JSON rows: accepted and rejected steps, field evaluations, solution and gradient
+  error against the reference (the gradient error is the larger of the two weight matrices'
+  relative 2-norm errors, as in the torch rows), and the warm time of one gradient.
+
+Field evaluations are counted exactly, as the torch rows count them: a ``jax.debug.callback`` in
+the field bumps a counter each time an evaluation runs (its JVP calls it on the primal only, and
+the transposed pass has none), once in a forward-only solve (the forward count) and once in the
+gradient (forward + the evaluations that ``RecursiveCheckpointAdjoint`` recomputes from its
+checkpoints in the backward; the backward's VJPs reuse those recomputations' linearisations).
+The timed gradient runs without the callback.
 
 The rows appear when ``MALI_DIFFRAX_PYTHON`` (or ``/work/jaxvenv/bin/python``) is an interpreter
 that imports both; otherwise the table notes them as skipped. Install:
@@ -79,39 +87,58 @@ def run(path: Path, tols: list[float]) -> list[dict[str, Any]]:  # pragma: no co
     y0 = jnp.asarray(data["y0"])
     params = (jnp.asarray(data["w1"]), jnp.asarray(data["w2"]))
     ref_y, ref_g = data["ref_y"], (data["ref_g1"], data["ref_g2"])
+    calls = [0]
 
-    def field(t: Any, y: Any, p: Any) -> Any:
-        w1, w2 = p
-        return jnp.tanh(y @ w1.T) @ w2.T - 0.1 * y
+    def bump() -> None:
+        calls[0] += 1
 
-    out = []
-    for tol in tols:
+    def make_field(counted: bool) -> Any:
+        def field(t: Any, y: Any, p: Any) -> Any:
+            if counted:
+                jax.debug.callback(bump)
+            w1, w2 = p
+            return jnp.tanh(y @ w1.T) @ w2.T - 0.1 * y
 
-        def solve(p: Any, tol: float = tol) -> Any:
+        return field
+
+    def make_solve(tol: float, counted: bool) -> Any:
+        term = diffrax.ODETerm(make_field(counted))
+
+        def solve(p: Any) -> Any:
             return diffrax.diffeqsolve(
-                diffrax.ODETerm(field), diffrax.Tsit5(), t0=0.0, t1=5.0, dt0=None, y0=y0, args=p,
+                term, diffrax.Tsit5(), t0=0.0, t1=5.0, dt0=None, y0=y0, args=p,
                 stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
                 adjoint=diffrax.RecursiveCheckpointAdjoint(), max_steps=100_000,
             )  # fmt: skip
 
-        def loss(p: Any) -> Any:
-            return jnp.mean(solve(p).ys[-1] ** 2)
+        return solve
 
-        grad = jax.jit(jax.grad(loss))
+    def counted_calls(fn: Any) -> int:
+        calls[0] = 0
+        jax.block_until_ready(fn(params))
+        jax.effects_barrier()  # every callback has run
+        return calls[0]
+
+    out = []
+    for tol in tols:
+        solve, solve_counted = make_solve(tol, False), make_solve(tol, True)
+        grad = jax.jit(jax.grad(lambda p, s=solve: jnp.mean(s(p).ys[-1] ** 2)))
+        grad_counted = jax.jit(jax.grad(lambda p, s=solve_counted: jnp.mean(s(p).ys[-1] ** 2)))
         sol = jax.jit(solve)(params)
         g = jax.block_until_ready(grad(params))
         start = time.perf_counter()
         jax.block_until_ready(grad(params))
         seconds = time.perf_counter() - start
+        forward = counted_calls(jax.jit(solve_counted))
+        total = counted_calls(grad_counted)
         y1 = np.asarray(sol.ys[-1])
         sol_err = float(np.linalg.norm(y1 - ref_y) / np.linalg.norm(ref_y))
         grad_err = max(
             float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)) for a, b in zip(g, ref_g)
         )
-        accepted = int(sol.stats["num_accepted_steps"])
-        rejected = int(sol.stats["num_rejected_steps"])
-        out.append({"tol": tol, "accepted": accepted, "rejected": rejected,
-                    "forward_evals": 6 * (accepted + rejected) + 1, "solution_error": sol_err,
+        out.append({"tol": tol, "accepted": int(sol.stats["num_accepted_steps"]),
+                    "rejected": int(sol.stats["num_rejected_steps"]), "forward_evals": forward,
+                    "backward_evals": total - forward, "solution_error": sol_err,
                     "gradient_error": grad_err, "grad_seconds": seconds})  # fmt: skip
     return out
 
