@@ -13,10 +13,12 @@ the same solve at 1e-10, and against RK4 backprop at the finest grid, an indepen
 
 Series: our MALI (ALF, eta = 1 and the damped eta = 0.9) and our ALF with backprop on N fixed
 steps; torchdiffeq ``odeint_adjoint`` and ``odeint`` with RK4 on N fixed steps and with dopri5 at
-a range of tolerances; TorchDiffEqPack's fixed-step MALI. Field evaluations are counted in the
-field's ``forward``, so those of a backward pass (MALI's reconstruction, the adjoint's augmented
-solve) count too. Each dtype (float64, float32) runs in its own fresh process; in float32 the
-solvers integrate the float32-rounded problem, still compared with the float64 reference.
+a range of tolerances; TorchDiffEqPack's fixed-step MALI; our plain RK4 and Tsit5 steps with
+``gradient="checkpoint"`` on fixed steps, and Tsit5 with it at a range of tolerances. Field
+evaluations are counted in the field's ``forward``, so those of a backward pass (MALI's
+reconstruction, the adjoint's augmented solve, checkpointing's recomputation) count too. Each
+dtype (float64, float32) runs in its own fresh process; in float32 the solvers integrate the
+float32-rounded problem, still compared with the float64 reference.
 
     python benchmarks/accuracy.py [--quick] [--out benchmarks/results]
 """
@@ -49,23 +51,27 @@ FIXED = (
     "rk4_mali",
     "tsit5_mali",
     "heun_mali",
+    "rk4_ckpt",
+    "tsit5_ckpt",
     "tde_adjoint",
     "tde_backprop",
     "tdep_mali",
 )
-ADAPTIVE = ("dopri5_adjoint", "dopri5_backprop")
+ADAPTIVE = ("dopri5_adjoint", "dopri5_backprop", "tsit5_ckpt_adaptive")
 SERIES_LABELS = {
     **LABELS,
     "mali": "mali-func MALI (eta = 1)",
     "mali_eta09": "mali-func MALI (eta = 0.9)",
     "dopri5_adjoint": "torchdiffeq odeint_adjoint, dopri5",
     "dopri5_backprop": "torchdiffeq odeint, dopri5, backprop",
+    "tsit5_ckpt_adaptive": "mali-func Tsit5 adaptive, checkpoint",
 }
 SERIES_STYLES = {
     **STYLES,
     "mali_eta09": {"color": "C4", "marker": "o", "linestyle": ":"},
     "dopri5_adjoint": {"color": "C3", "marker": "^"},
     "dopri5_backprop": {"color": "C3", "marker": "v", "linestyle": "--"},
+    "tsit5_ckpt_adaptive": {"color": "C9", "marker": "*", "linestyle": "-."},
 }
 Solve = Callable[[CountingField, Tensor, Tensor], Tensor]
 
@@ -85,6 +91,14 @@ def _solver(series: str, setting: float) -> tuple[Solve, dict[str, Any]]:
 
         extra["monitor"] = monitor
         return mali, extra
+    if series == "tsit5_ckpt_adaptive":
+        import mali_func
+
+        def tsit5(field: CountingField, y0: Tensor, t: Tensor) -> Tensor:
+            kw = {"method": "tsit5", "coupling": None, "gradient": "checkpoint"}
+            return mali_func.odeint(field, y0, t, rtol=setting, atol=setting, **kw)[-1]
+
+        return tsit5, extra
     if series in ADAPTIVE:
         import torchdiffeq
 

@@ -8,6 +8,9 @@ through their own public entry points:
   the adjoint solves the augmented system backwards with the same fixed grid);
 * ours also with ``method="rk4"`` / ``"tsit5"``: the reversible coupling of that tableau
   (default coupling), eight / fourteen field evaluations a step;
+* ours with the plain (not reversible) RK4 / Tsit5 step, ``coupling=None``: four / seven field
+  evaluations a step, differentiated by ``gradient="checkpoint"`` (default budget, or 64 states)
+  or by backprop;
 * TorchDiffEqPack ``odesolve_adjoint_sym12`` with ``fixedstep_sym12async``: the MALI paper's own
   package (ALF, constant memory).
 """
@@ -33,6 +36,11 @@ LABELS = {
     "rk4_backprop": "mali-func reversible RK4, backprop",
     "tsit5_mali": "mali-func MALI, reversible Tsit5",
     "heun_mali": "mali-func MALI, reversible Heun",
+    "rk4_ckpt": "mali-func RK4, checkpoint",
+    "rk4_ckpt64": "mali-func RK4, checkpoint (64 states)",
+    "rk4_plain_backprop": "mali-func RK4, backprop",
+    "tsit5_ckpt": "mali-func Tsit5, checkpoint",
+    "tsit5_plain_backprop": "mali-func Tsit5, backprop",
 }
 #: Line styles shared by every plot, so one method looks the same everywhere.
 STYLES = {
@@ -45,6 +53,11 @@ STYLES = {
     "rk4_backprop": {"color": "C5", "marker": "s", "linestyle": "--"},
     "tsit5_mali": {"color": "C6", "marker": "P"},
     "heun_mali": {"color": "C7", "marker": "X"},
+    "rk4_ckpt": {"color": "C8", "marker": "h"},
+    "rk4_ckpt64": {"color": "C8", "marker": "h", "linestyle": ":"},
+    "rk4_plain_backprop": {"color": "C8", "marker": "s", "linestyle": "--"},
+    "tsit5_ckpt": {"color": "C9", "marker": "*"},
+    "tsit5_plain_backprop": {"color": "C9", "marker": "s", "linestyle": "--"},
 }
 
 
@@ -109,6 +122,11 @@ MAKERS: dict[str, Maker] = {
     "rk4_backprop": _ours("backprop", method="rk4"),
     "tsit5_mali": _ours("mali", method="tsit5"),
     "heun_mali": _ours("mali", method="reversible_heun"),
+    "rk4_ckpt": _ours("checkpoint", method="rk4", coupling=None),
+    "rk4_ckpt64": _ours("checkpoint", method="rk4", coupling=None, checkpoints=64),
+    "rk4_plain_backprop": _ours("backprop", method="rk4", coupling=None),
+    "tsit5_ckpt": _ours("checkpoint", method="tsit5", coupling=None),
+    "tsit5_plain_backprop": _ours("backprop", method="tsit5", coupling=None),
 }
 METHODS = tuple(MAKERS)
 

@@ -8,7 +8,7 @@ from 20 random start points, by RMSprop on the mean absolute error, with
 atol 1e-9; the gradient is MALI's). ``--compare`` runs the same training with torchdiffeq's
 ``odeint_adjoint`` when it is installed and prints both.
 
-    python examples/spiral_demo.py [--niters 300] [--compare] [--float64]
+    python examples/spiral_demo.py [--niters 300] [--compare] [--float64] [--seed 0]
 """
 
 from __future__ import annotations
@@ -70,9 +70,11 @@ def batches(t: Tensor, ys: Tensor, n: int, seed: int, size: int = 20, window: in
         yield batch_y0, batch_t, batch_y
 
 
-def train(solve: Callable[..., Any], dtype: torch.dtype, niters: int) -> tuple[float, float, float]:
+def train(
+    solve: Callable[..., Any], dtype: torch.dtype, niters: int, seed: int = 0
+) -> tuple[float, float, float]:
     """Returns the first and last full-trajectory loss and the training wall time."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     y0, t, ys = make_data(dtype)
     func = ODEFunc().to(dtype)
     opt = torch.optim.RMSprop(func.parameters(), lr=1e-3)
@@ -83,7 +85,7 @@ def train(solve: Callable[..., Any], dtype: torch.dtype, niters: int) -> tuple[f
 
     first = full_loss()
     start = time.perf_counter()
-    for batch_y0, batch_t, batch_y in batches(t, ys, niters, seed=1):
+    for batch_y0, batch_t, batch_y in batches(t, ys, niters, seed=seed + 1):
         opt.zero_grad()
         loss = (solve(func, batch_y0, batch_t) - batch_y).abs().mean()
         loss.backward()
@@ -96,10 +98,11 @@ def main() -> None:
     parser.add_argument("--niters", type=int, default=300)
     parser.add_argument("--compare", action="store_true", help="also train with torchdiffeq")
     parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and batches")
     ns = parser.parse_args()
     torch.set_num_threads(1)
     dtype = torch.float64 if ns.float64 else torch.float32
-    first, last, seconds = train(odeint, dtype, ns.niters)
+    first, last, seconds = train(odeint, dtype, ns.niters, ns.seed)
     print(f"mali-func: first loss {first:.4f} final loss {last:.4f} ({ns.niters} iterations, "
           f"{seconds:.1f} s)")  # fmt: skip
     if ns.compare:
@@ -108,7 +111,7 @@ def main() -> None:
         except ImportError:
             print("torchdiffeq is not installed: no comparison")
             return
-        first, last, seconds = train(tde_odeint, dtype, ns.niters)
+        first, last, seconds = train(tde_odeint, dtype, ns.niters, ns.seed)
         print(f"torchdiffeq: first loss {first:.4f} final loss {last:.4f} ({ns.niters} "
               f"iterations, {seconds:.1f} s)")  # fmt: skip
 

@@ -10,7 +10,7 @@ from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._drift import DriftMonitor, ReconstructionWarning
 from ._odeint import odeint, odeint_adjoint
-from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme
+from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 
 __all__ = [
     "ALF",
@@ -21,6 +21,7 @@ __all__ = [
     "ReconstructionWarning",
     "ReversibleHeun",
     "ReversibleScheme",
+    "RungeKutta",
     "SolveStats",
     "odeint",
     "odeint_adjoint",

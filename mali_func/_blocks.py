@@ -28,9 +28,11 @@ class ODEBlock(nn.Module):
         t_eval: optional output times strictly between ``t0`` and ``t1`` or equal to them; the
             block then returns the states at those times stacked along a new first axis
             (``(len(t_eval), *x.shape)``) instead of the state at ``t1``.
-        **odeint_options: keyword arguments of :func:`mali_func.odeint` (``n_steps``,
-            ``step_size``, ``method``, ``eta``, ``coupling``, ``gradient``, ``scheme``, ``monitor``,
-            ``reconstruction_tol``); ``n_steps`` or ``step_size`` is required.
+        **odeint_options: keyword arguments of :func:`mali_func.odeint`: a fixed grid
+            (``n_steps`` or ``step_size``) or adaptive steps (``rtol``, ``atol``, ``max_steps``,
+            ``first_step``; the default when no grid is given, with odeint's tolerances), and
+            ``method``, ``eta``, ``coupling``, ``gradient``, ``checkpoints``, ``scheme``,
+            ``monitor``, ``reconstruction_tol``.
 
     The time grid is a non-persistent buffer: it follows ``.to(device)`` and stays out of
     ``state_dict``; it is cast to the input's dtype on every call.
@@ -61,8 +63,13 @@ class ODEBlock(nn.Module):
             raise TypeError(
                 f"unknown option(s) {sorted(unknown)}; ODEBlock accepts {sorted(_ODEINT_OPTIONS)}"
             )
-        if "n_steps" not in odeint_options and "step_size" not in odeint_options:
-            raise ValueError("give n_steps or step_size, e.g. ODEBlock(field, n_steps=10)")
+        fixed = [k for k in ("n_steps", "step_size") if odeint_options.get(k) is not None]
+        adaptive = [k for k in _ADAPTIVE_OPTIONS if odeint_options.get(k) is not None]
+        if fixed and adaptive:
+            raise ValueError(
+                f"{', '.join(adaptive)} configure adaptive steps, which {' and '.join(fixed)} "
+                "replace: give one or the other"
+            )
         grid, self._select = _grid(float(t0), float(t1), t_eval)
         self.field = field
         self.t0, self.t1 = float(t0), float(t1)
@@ -85,7 +92,11 @@ class ODEBlock(nn.Module):
         return ", ".join(parts)
 
 
+_ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step")
+
 _ODEINT_OPTIONS = {
+    *_ADAPTIVE_OPTIONS,
+    "checkpoints",
     "n_steps",
     "step_size",
     "method",

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from ._mode import is_concrete
-from .schemes import ADAPTIVE_METHODS, ReversibleScheme
+from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 
-GRADIENTS = ("mali", "backprop")
+GRADIENTS = ("mali", "checkpoint", "backprop")
 
 
 def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str) -> None:
@@ -25,11 +25,18 @@ def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str) -> 
     missing = []
     if adaptive and not scheme.has("step_with_error"):
         missing.append(
-            "step_with_error, so it cannot choose its steps: give n_steps or step_size, or use a "
-            f"method that adapts ({', '.join(ADAPTIVE_METHODS)})"
+            "step_with_error, so it cannot choose its steps: give n_steps or step_size (or "
+            "torchdiffeq's options={'step_size': h}), or use a method that adapts "
+            f"({', '.join(ADAPTIVE_METHODS)})"
         )
     if gradient == "mali" and not (scheme.has("inverse") or scheme.has("reverse")):
-        missing.append("inverse (gradient='mali'; or use gradient='backprop')")
+        plain = isinstance(scheme, RungeKutta)
+        missing.append(
+            "inverse, which gradient='mali' needs to rebuild the steps backwards; use "
+            "gradient='checkpoint' (the same exact gradient, memory bounded by `checkpoints` "
+            "states) or 'backprop'"
+            + (", or its reversible coupling (coupling='auto')" if plain else "")
+        )
     if missing:
         raise ValueError(f"scheme {scheme!r} does not implement {' and '.join(missing)}")
 
@@ -122,9 +129,24 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
     return tuple(max(1, math.ceil(c)) for c in counts)
 
 
-def check_options(gradient: Any, reconstruction_tol: Any, monitor: Any, monitor_type: type) -> None:
+def check_options(
+    gradient: Any,
+    reconstruction_tol: Any,
+    monitor: Any,
+    monitor_type: type,
+    checkpoints: Any = None,
+) -> None:
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    if checkpoints is not None:
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
+            raise ValueError(f"checkpoints must be an int >= 1, got {checkpoints!r}")
+        if checkpoints < 1:
+            raise ValueError(f"checkpoints must be an int >= 1, got {checkpoints}")
+        if gradient != "checkpoint":
+            raise ValueError(
+                f"checkpoints is the budget of gradient='checkpoint'; got gradient={gradient!r}"
+            )
     if reconstruction_tol is not None:
         if isinstance(reconstruction_tol, bool) or not isinstance(reconstruction_tol, (int, float)):
             raise TypeError(

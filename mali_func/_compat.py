@@ -20,12 +20,12 @@ in a reversible form and are refused with the list of what does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
 
-from .schemes import METHODS
+from . import schemes
 
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps")
 """The torchdiffeq ``options`` keys that have a meaning here."""
@@ -50,7 +50,7 @@ def translate(
     first_step: float | None,
     max_steps: int | None,
     event_fn: Any,
-    adjoint_params: Sequence[Any] | None,
+    adjoint_params: Iterable[Any] | None,
 ) -> tuple[float | None, float | None, int | None]:
     """Check torchdiffeq's extra arguments; return ``(step_size, first_step, max_steps)``."""
     if event_fn is not None:
@@ -60,13 +60,17 @@ def translate(
     if isinstance(method, str) and method in _NOT_REVERSIBLE:
         raise ValueError(
             f"method {method!r} (torchdiffeq) has no reversible form here; mali-func's methods "
-            f"are {list(METHODS)}"
+            f"are {list(schemes.METHODS)}"  # read now: the list may grow
         )
     if adjoint_params is not None:
-        if isinstance(adjoint_params, Tensor) or not all(
-            isinstance(p, Tensor) for p in adjoint_params
-        ):
-            raise TypeError("adjoint_params must be a sequence of tensors")
+        if isinstance(adjoint_params, Tensor) or not isinstance(adjoint_params, Iterable):
+            raise TypeError(
+                "adjoint_params must be a sequence of tensors (e.g. tuple(func.parameters())), "
+                f"got {type(adjoint_params).__name__}"
+            )
+        for k, p in enumerate(adjoint_params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"adjoint_params[{k}] must be a tensor, got {type(p).__name__}")
     if options is None:
         return step_size, first_step, max_steps
     if not isinstance(options, Mapping):

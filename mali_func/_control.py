@@ -10,8 +10,12 @@ and judged by a controller (:class:`Controller`). The default, :class:`IntegralC
 accepts when ``err <= 1`` and proposes ``h * clip(safety * err^(-1/(q+1)), 0.2, 10)`` for an
 estimate of order ``q`` (ALF: ``q = 1``, the paper package's ``err^(-1/2)``), with no growth
 right after a rejection. A step shortened to land on an output time keeps the proposal it was cut
-from for the step after it, so many output times do not cost steps. The first step is the
-Hairer-Wanner estimate (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4) unless given.
+from for the step after it, so an output time costs at most the one step it splits in two. The
+first step is the Hairer-Wanner estimate (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4).
+
+A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
+the time (underflow; a non-finite trial has a NaN error and is rejected until then), or when the
+solution blows up closer to a singularity than ``rtol`` resolves (:func:`blow_up`).
 
 The trial step is branch-free: each trial is committed with ``torch.where``, so the same code runs
 per sample under ``torch.func.vmap`` (each sample's norm, steps and termination are its own) and
@@ -28,10 +32,16 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from ._blowup import Growth, blow_up, log_norm
 from ._grid import Records, buffers, span, write_row
 from ._loops import Loops
 from ._mode import is_concrete
-from .schemes import Field, Params, ReversibleScheme, State
+from .schemes import ALF, Field, Params, ReversibleScheme, State
+
+ALF_HINT = (
+    "ALF is stable only for oscillatory dynamics (where the field contracts, its parasitic "
+    "mode grows and the steps shrink): for other fields use method='tsit5' or 'dopri5'"
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,8 @@ class Carry(NamedTuple):
     c: Tensor
     hmag: Tensor
     memory: tuple[Tensor, ...]
+    growth: Growth
+    blew_up: Tensor
     stats: SolveStats
 
 
@@ -161,6 +173,7 @@ def control(
     y0 = state[:n_out]
     hmag = initial_step(field, t[0], y0, params, tol, order).abs()
     zero = torch.zeros((), dtype=torch.long, device=t.device)
+    zero_t = torch.zeros_like(t[0])
     start = Carry(
         state=state,
         outputs=buffers(y0, m + 1),
@@ -168,6 +181,8 @@ def control(
         c=torch.zeros_like(t[0]),
         hmag=hmag,
         memory=ctrl.init(hmag),
+        growth=Growth(log_norm(y0), zero_t, zero_t, torch.full_like(zero_t, torch.inf)),
+        blew_up=torch.zeros_like(zero, dtype=torch.bool),
         stats=SolveStats(zero + 2, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
     )
 
@@ -187,6 +202,11 @@ def control(
         accept, h_next, memory = ctrl.propose(carry.memory, e, theta * dt.abs(), order)
         ok = active & accept
         tiny = h.abs() <= 16 * eps * torch.maximum(tk.abs(), dt.abs())
+        growth, pole_near = blow_up(
+            carry.growth, log_norm(new[:n_out]), (tk - t[0]).abs(), h.abs(), tol.rtol
+        )
+        growth = Growth(*(torch.where(ok, a, b) for a, b in zip(growth, carry.growth)))
+        blew_up = ok & pole_near
         ends = ok & reach
         state = tuple(torch.where(ok, a, b) for a, b in zip(new, carry.state))
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
@@ -195,7 +215,7 @@ def control(
             carry.stats.n_f_evals + active.long(),
             carry.stats.n_accepted + ok.long(),
             carry.stats.n_rejected + (active & ~ok).long(),
-            carry.stats.failed | (active & ~ok & tiny),
+            carry.stats.failed | (active & ~ok & tiny) | blew_up,
         )
         new_carry = Carry(
             state=state,
@@ -210,6 +230,8 @@ def control(
                 carry.hmag,
             ),
             memory=memory,
+            growth=growth,
+            blew_up=carry.blew_up | blew_up,
             stats=stats,
         )
         return new_carry, (i, carry.c, theta, ok, ends), ok
@@ -222,12 +244,19 @@ def control(
     stats = carry.stats._replace(failed=carry.stats.failed | unfinished)
     if is_concrete(stats.failed) and bool(stats.failed):
         ti, dt = span(t, carry.interval.clamp(max=m - 1))
-        reached = ti + carry.c * dt
-        cause = (
-            f"max_steps={tol.max_steps} trial steps were not enough"
-            if bool(unfinished) and not bool(carry.stats.failed)
-            else "the step size underflowed (the problem may be stiff or singular there)"
-        )
+        reached = t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
+        if bool(carry.blew_up):
+            pole = t[0] + torch.sign(t[-1] - t[0]) * carry.growth.pole
+            cause = (
+                f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
+                "can resolve (a smaller rtol resolves it further)"
+            )
+        elif bool(unfinished) and not bool(carry.stats.failed):
+            cause = f"max_steps={tol.max_steps} trial steps were not enough"
+        else:
+            cause = "the step size underflowed (the problem may be stiff or singular there)"
+        if isinstance(scheme, ALF) and not bool(carry.blew_up):
+            cause += f"; {ALF_HINT}"
         raise RuntimeError(
             f"adaptive solve failed at t = {float(reached):.6g} of "
             f"[{float(t[0]):.6g}, {float(t[-1]):.6g}]: {cause}"

@@ -33,6 +33,7 @@ adds each output's cotangent where the forward pass recorded it.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -106,6 +107,8 @@ class Grid:
     def record_step(self, outs: Any, info: StepInfo, ys: State) -> Any:
         if info.ends is False:
             return outs
+        if info.ends is True:
+            return write_row(outs, info.i + 1, ys)
         return write_row(outs, torch.where(info.ends, info.i + 1, self.m), ys)
 
     def record_segment(self, outs: Any, s: Index, ys: State) -> Any:
@@ -122,6 +125,8 @@ class Grid:
         if info.ends is False:
             return cot
         rows = tuple(take(g, info.i + 1) for g in g_out)
+        if info.ends is True:
+            return (*(c + r for c, r in zip(cot, rows)), *cot[len(g_out) :])
         added = tuple(c + torch.where(info.ends, r, 0) for c, r in zip(cot, rows))
         return (*added, *cot[len(g_out) :])
 
@@ -198,6 +203,47 @@ class RecordedGrid(Grid):
         ti, dt = span(self.t, i)
         interior: bool | Tensor = False if self.m == 1 else ends & ok & (i + 1 < self.m)
         return StepInfo(i, ti + c * dt, theta * dt, lambda: (c, theta), interior, ok)
+
+    def new_outputs(self, y0: State, python: bool) -> Any:
+        return [] if self.m == 1 else buffers(y0, self.m + 1)
+
+
+class FlatGrid(Grid):
+    """A :class:`UniformGrid`'s steps as one segment, step ``g`` counted across intervals (what
+    checkpointed gradients index by); the output at ``t_{i+1}`` is recorded after the step that
+    ends interval ``i``."""
+
+    segments, static_segments = 1, True
+
+    @property
+    def step_outputs(self) -> bool:  # type: ignore[override]
+        return self.m > 1
+
+    def __init__(self, t: Tensor, counts: tuple[int, ...]) -> None:
+        self.t, self.m, self.counts = t, t.shape[0] - 1, counts
+        self.total = sum(counts)
+        self.sizes = [(t[s + 1] - t[s]) / n for s, n in enumerate(counts)]
+        self.starts = [sum(counts[:s]) for s in range(self.m)]
+        # For tensor step indices (traced loops): built here, outside the loop that reads them.
+        like = t.new_tensor
+        self._tensors = (torch.stack(self.sizes), like(self.starts), like(self.counts))
+
+    def length(self, s: Index) -> Count:
+        return self.total
+
+    def at(self, seg: Any, g: Index) -> StepInfo:
+        if isinstance(g, int):
+            s = bisect.bisect_right(self.starts, g) - 1
+            k, n = g - self.starts[s], self.counts[s]
+            ends: bool | Tensor = k == n - 1 and s + 1 < self.m
+            t0, h = self.t[s], self.sizes[s]
+            return StepInfo(s, t0 + k * h, h, lambda: (k / n, 1 / n), ends, None)
+        sizes, starts, counts = self._tensors
+        i = (torch.searchsorted(starts, g.to(starts.dtype).reshape(1), right=True) - 1)[0]
+        h, n = take(sizes, i), take(counts, i)
+        k = g.to(h.dtype) - take(starts, i)
+        ends = (k == n - 1) & (i + 1 < self.m)
+        return StepInfo(i, take(self.t, i) + k * h, h, lambda: (k / n, 1 / n), ends, None)
 
     def new_outputs(self, y0: State, python: bool) -> Any:
         return [] if self.m == 1 else buffers(y0, self.m + 1)

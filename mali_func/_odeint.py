@@ -11,13 +11,14 @@ autograd instead: the reference, with memory linear in the number of steps.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from . import _mode
+from ._checkpoint import check_traced_plan
 from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
 from ._compat import translate
 from ._control import SolveStats, Tolerances, control
@@ -31,11 +32,13 @@ from ._field import (
     check_output,
     check_replayable,
     guard_captures,
+    module_attributes,
 )
+from ._forward_mode import solve
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
-from ._solve import Spec, forward, solve
-from .schemes import Params, ReversibleScheme, State, scheme_for
+from ._solve import Spec, forward
+from .schemes import COUPLING_DEFAULT, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -50,10 +53,11 @@ def odeint(
     options: Mapping[str, Any] | None = None,
     *,
     eta: float | None = None,
-    coupling: float | str | None = None,
+    coupling: float | str | None = COUPLING_DEFAULT,
     n_steps: int | None = None,
     step_size: float | None = None,
-    gradient: Literal["mali", "backprop"] = "mali",
+    gradient: Literal["mali", "checkpoint", "backprop"] = "mali",
+    checkpoints: int | None = None,
     args: Sequence[Tensor] = (),
     scheme: ReversibleScheme | None = None,
     monitor: DriftMonitor | None = None,
@@ -62,7 +66,7 @@ def odeint(
     first_step: float | None = None,
     stats: bool = False,
     event_fn: Any = None,
-    adjoint_params: Sequence[Tensor] | None = None,
+    adjoint_params: Iterable[Tensor] | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
     adjoint_method: str | None = None,
@@ -74,7 +78,11 @@ def odeint(
         func: the vector field, called as ``func(t, y, *args)`` with a 0-dim tensor ``t``. An
             :class:`~torch.nn.Module` has its parameters and buffers differentiated (also those
             substituted by :func:`torch.func.functional_call`). A plain callable must receive
-            every tensor that needs a gradient through ``args``; capturing one raises.
+            every tensor that needs a gradient through ``args``; capturing one raises, and so
+            does, with ``gradient="mali"`` or ``"checkpoint"``, a module attribute that requires
+            grad but is neither a parameter nor a buffer. Under ``torch.autocast`` the field runs
+            in the autocast dtype (in the backward's re-evaluations too) and its output is cast
+            back to ``y0``'s dtype, so the state keeps its own precision.
         y0: initial state at ``t[0]``: a floating-point tensor of any shape, or a tuple of them
             (e.g. ``(z, logp)``).
         t: 1-D, at least two strictly increasing or strictly decreasing times on ``y0``'s
@@ -83,20 +91,25 @@ def odeint(
         method: the scheme by name: ``"alf"`` (the default), ``"reversible_heun"``, or
             ``"euler"``, ``"midpoint"``, ``"heun"``, ``"adaptive_heun"``, ``"heun3"``,
             ``"bosh3"``, ``"rk4"``, ``"dopri5"``, ``"tsit5"``: the *reversible coupling* of that
-            Runge-Kutta tableau (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), not
-            the plain step.
+            Runge-Kutta tableau (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), or
+            with ``coupling=None`` the plain step (:class:`~mali_func.RungeKutta`).
         eta: ALF damping in (0, 1], not 0.5; 1 (the default) is undamped ALF. Damped steps make
             the reverse reconstruction amplify round-off by ``1/|1 - 2 eta|`` per step.
         coupling: ``lambda`` of the Runge-Kutta methods: ``"auto"`` (the default; chosen per
             step from the step size and a contraction estimate) or a number in (0, 1]: near 1
             the forward pass is unstable on contracting dynamics, small values amplify round-off
-            in the reverse reconstruction.
+            in the reverse reconstruction; ``None``: the plain Runge-Kutta step, which has no
+            inverse (``gradient="checkpoint"`` or ``"backprop"``).
         n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
             adaptively (see :mod:`mali_func._control`) and land on every ``t[i]``.
-        gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve) or
+        gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve; needs an
+            inverse), ``"checkpoint"`` (the same exact gradient from at most ``checkpoints``
+            stored states and recomputation, any scheme: :mod:`mali_func._checkpoint`) or
             ``"backprop"`` (autograd through every step, memory linear in the steps).
+        checkpoints: the state budget of ``gradient="checkpoint"``, an int >= 1; by default
+            ``2 ceil(sqrt(N))`` for ``N`` steps (one recomputation).
         args: extra tensors passed to ``func`` and differentiated.
         scheme: any :class:`~mali_func.schemes.ReversibleScheme` instead of ``method`` (then
             without ``eta`` or ``coupling``).
@@ -112,7 +125,8 @@ def odeint(
         options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
             adjoint_options: torchdiffeq's arguments (:mod:`mali_func._compat`): ``options``
             keys ``step_size``, ``first_step``, ``max_num_steps``; ``adjoint_params`` is checked
-            and otherwise unneeded (every tensor the field receives is differentiated); the
+            and otherwise unneeded (every tensor the field receives is differentiated, also one
+            that ``adjoint_params`` leaves out); the
             adjoint's tolerances and method are accepted and unused, since MALI's backward
             replays the forward steps; ``event_fn`` raises :class:`NotImplementedError`.
 
@@ -121,9 +135,13 @@ def odeint(
         with ``stats=True`` the pair ``(ys, stats)``.
 
     Raises:
-        RuntimeError: an eager adaptive solve that exceeds ``max_steps`` or whose step size
-            underflows; under ``vmap`` or ``torch.compile`` the outputs are NaN instead and
-            ``stats.failed`` is set.
+        TypeError: ``func`` reads a tensor that requires grad and that the solve would not
+            differentiate (a capture of a plain callable, a module attribute under MALI or
+            checkpointing); the message names it and how to pass it.
+        RuntimeError: an eager adaptive solve that exceeds ``max_steps``, whose step size
+            underflows, or whose solution blows up closer to a singularity than ``rtol`` resolves
+            (:func:`mali_func._control.blow_up`); under ``vmap`` or ``torch.compile`` the outputs
+            are NaN instead and ``stats.failed`` is set.
     """
     step_size, first_step, max_steps = translate(
         method, options, n_steps=n_steps, step_size=step_size, first_step=first_step,
@@ -138,19 +156,24 @@ def odeint(
     )
     if not isinstance(stats, bool):
         raise TypeError(f"stats must be a bool, got {type(stats).__name__}")
-    check_options(gradient, reconstruction_tol, monitor, DriftMonitor)
+    check_options(gradient, reconstruction_tol, monitor, DriftMonitor, checkpoints)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=gradient)
 
     check_replayable(func, gradient)
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
+    attributes: dict[str, Tensor] = {}
+    engine = gradient != "backprop"  # the Function sees only the tensors passed to it
     if not isinstance(func, nn.Module):
         check_no_capture(bound, t[0], state)
-        if gradient == "mali" and _mode.current() is _mode.Mode.EAGER and torch.is_grad_enabled():
+        if engine and _mode.current() is _mode.Mode.EAGER and torch.is_grad_enabled():
             if not _mode.under_transform():
                 bound = dataclasses.replace(bound, field=guard_captures(bound.field))
-    elif gradient == "mali" and not _mode.tracing():
-        check_module_attributes(func)
+    elif engine and _mode.current() is not _mode.Mode.EXPORT:
+        # Python attributes and flags only, so compiled solves are checked too. Refused after
+        # the first evaluation: attributes the field sets itself (weight_norm's weight) are not
+        # inputs.
+        attributes = module_attributes(func)
     device_type = state[0].device.type
     if torch.is_autocast_enabled(device_type):
         bound = dataclasses.replace(bound, field=autocast_field(bound.field, device_type))
@@ -165,13 +188,15 @@ def odeint(
     start = scheme.init(field_checked, t[0], state, bound.params)
     if not checked:
         check_output(bound.field(t[0], state, bound.params), state)
-    probe = None if monitor is None or gradient == "backprop" else monitor.probe(state[0])
+    if attributes:
+        check_module_attributes(func, attributes)
+    probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
     tol = None
     if steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
     trajectories, solve_stats = _dispatch(
         _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
-        reconstruction_tol, probe,
+        reconstruction_tol, probe, checkpoints,
     )  # fmt: skip
     if solve_stats is None:
         assert steps is not None
@@ -193,6 +218,7 @@ def _dispatch(
     gradient: str,
     reconstruction_tol: float | None,
     probe: Tensor | None,
+    checkpoints: int | None = None,
 ) -> tuple[State, SolveStats | None]:
     """Pick the loop backend and the gradient path of one solve."""
     field, params = bound.field, bound.params
@@ -200,8 +226,13 @@ def _dispatch(
     wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
     python = loops_for(_mode.Mode.EAGER)
     n: Tensor | None = None
+    if mode is _mode.Mode.COMPILE and gradient == "checkpoint" and wants_grad:
+        most = sum(steps) if steps is not None else tol.max_steps if tol is not None else 0
+        check_traced_plan(most, checkpoints, adaptive=steps is None)
     if mode is _mode.Mode.COMPILE and steps is not None:
-        if gradient == "backprop" or any(s != steps[0] for s in steps):
+        if gradient == "checkpoint":
+            pass  # static counts: level sizes are shapes (a new n_steps compiles again)
+        elif gradient == "backprop" or any(s != steps[0] for s in steps):
             # The plain loop, unrolled: exact, but compile time grows with the steps. (while_loop's
             # own autograd in torch 2.13 is wrong when one carry feeds another, e.g. (z, logp).)
             loops = python
@@ -229,7 +260,7 @@ def _dispatch(
         grid = RecordedGrid(t, records, count)
         trajs = forward(python, scheme, field, grid, start, params, n_out)[0]
         return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats
-    # MALI; compiled adaptive backprop too (the same accepted steps, see the README).
+    # MALI, checkpointing; compiled adaptive backprop too (the same accepted steps, README).
     spec = Spec(
         loops=loops,
         scheme=scheme,
@@ -241,6 +272,8 @@ def _dispatch(
         controller=None,
         reconstruction_tol=reconstruction_tol,
         replay=bound.replaying,
+        checkpoint=gradient == "checkpoint",
+        budget=checkpoints,
     )
     return solve(spec, t, n, probe, start, params)
 

@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from ._checkpoint import Checkpointer, plan, reverse_checkpointed
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
-from ._grid import Grid, RecordedGrid, Records, UniformGrid
+from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops, PythonLoops, ScanLoops, take
-from ._mode import tracing, under_transform
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
@@ -56,39 +55,48 @@ def forward(
     state: State,
     params: Params,
     n_out: int,
-) -> tuple[State, State]:
-    """Run every step of ``grid``; return the solution at every ``t_i`` and the final state."""
+    keep: Checkpointer | None = None,
+) -> tuple[State, State, Any]:
+    """Run every step of ``grid``; return the solution at every ``t_i``, the final state and,
+    with ``keep`` (one-segment grids), level 0 of a checkpointed gradient."""
     y0, outer = state[:n_out], _outer(loops, grid)
+    stride = None if keep is None else keep.plan.stride(0)
 
-    def segment(s: Any, carry: tuple[State, Any]) -> tuple[State, Any]:
+    def segment(s: Any, carry: tuple[State, Any, Any]) -> tuple[State, Any, Any]:
         seg = grid.segment(s)
 
-        def body(k: Any, inner: Any) -> Any:
-            x, outs = inner if grid.step_outputs else (inner, None)
+        def body(k: Any, inner: tuple[State, Any, Any]) -> tuple[State, Any, Any]:
+            x, outs, rows = inner
             info = grid.at(seg, k)
             new = scheme.step(field, info.t, info.h, x, params)
             if info.active is not None:
                 new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
-            if not grid.step_outputs:
-                return new
-            return new, grid.record_step(outs, info, new[:n_out])
+            if grid.step_outputs:
+                outs = grid.record_step(outs, info, new[:n_out])
+            if keep is not None and stride is not None:
+                rows = keep.keep(rows, k, new, stride)
+            return new, outs, rows
 
-        x, outs = carry
-        inner = loops.fori(grid.length(s), body, carry if grid.step_outputs else x)
-        x, outs = inner if grid.step_outputs else (inner, outs)
-        return x, None if outs is None else grid.record_segment(outs, s, x[:n_out])
+        x, outs, rows = carry
+        # Outputs ride through the steps only when steps record them (a carry passed through a
+        # while_loop unchanged is refused); ``None`` entries are not carried.
+        inner = (x, outs if grid.step_outputs else None, rows)
+        x, stepped, rows = loops.fori(grid.length(s), body, inner)
+        outs = stepped if grid.step_outputs else outs
+        return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
 
     if isinstance(outer, ScanLoops) and not grid.step_outputs:
         # Export: the outputs at t_1..t_M are the outer scan's own outputs (no buffer carried).
         def collected(s: Any, x: State) -> tuple[State, State]:
-            x = segment(s, (x, None))[0]
+            x = segment(s, (x, None, None))[0]
             return x, x[:n_out]
 
         final, ys = outer.fori_collect(grid.segments, collected, state)
-        return tuple(torch.cat([y.unsqueeze(0), r]) for y, r in zip(y0, ys)), final
+        return tuple(torch.cat([y.unsqueeze(0), r]) for y, r in zip(y0, ys)), final, None
     outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
-    final, outs = outer.fori(grid.segments, segment, (state, outs0))
-    return grid.finish(outs, y0, final[:n_out]), final
+    rows0 = None if keep is None else keep.new_rows(state)
+    final, outs, rows = outer.fori(grid.segments, segment, (state, outs0, rows0))
+    return grid.finish(outs, y0, final[:n_out]), final, rows
 
 
 def reverse(
@@ -155,6 +163,17 @@ class Spec:
     controller: Controller | None
     reconstruction_tol: float | None
     replay: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+    checkpoint: bool = False  # gradient="checkpoint" (fixed grids need ``counts``)
+    budget: int | None = None  # its ``checkpoints``; None: the default of ``plan``
+
+    def checkpointer(self, grid: Grid, params: Params, n_steps: int) -> Checkpointer:
+        return Checkpointer(
+            self.loops, self.scheme, self.field, grid, params, plan(n_steps, self.budget)
+        )
+
+    def n_keep(self) -> int:
+        """How many state components level 0 adds to a checkpointed fixed grid's outputs."""
+        return self.n_state if self.checkpoint and self.tol is None else 0
 
 
 class Solve(torch.autograd.Function):
@@ -174,9 +193,19 @@ class Solve(torch.autograd.Function):
         spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, *tensors: Tensor
     ) -> tuple[Tensor, ...]:
         state0, params = tensors[: spec.n_state], tensors[spec.n_state :]
+        if spec.tol is None and spec.checkpoint:
+            assert spec.counts is not None
+            grid = FlatGrid(t, spec.counts)
+            keep = spec.checkpointer(grid, params, grid.total)
+            trajs, final, rows = forward(
+                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out, keep
+            )
+            if isinstance(rows, list):
+                rows = tuple(torch.stack(column) for column in zip(*rows))
+            return (*trajs, *final[spec.n_out :], *rows)
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
-            trajs, final = forward(
+            trajs, final, _ = forward(
                 spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out
             )
             return (*trajs, *final[spec.n_out :])
@@ -195,6 +224,8 @@ class Solve(torch.autograd.Function):
         if spec.tol is not None:
             ctx.mark_non_differentiable(*output[spec.n_state :])
             output = output[: len(output) - N_STATS]
+        elif spec.n_keep():
+            ctx.mark_non_differentiable(*output[spec.n_state :])
         ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
         # Forward mode recomputes the solve from its inputs (and recorded steps): no trajectory.
         records = () if spec.tol is None else output[spec.n_state :]
@@ -206,20 +237,37 @@ class Solve(torch.autograd.Function):
         t, *saved = ctx.saved_tensors
         n = saved.pop(0) if ctx.has_n else None
         ns, n_out = spec.n_state, spec.n_out
-        n_p = len(saved) - ns - ns - (0 if spec.tol is None else N_RECORDS + 1)
+        n_extra = spec.n_keep() if spec.tol is None else N_RECORDS + 1
+        n_p = len(saved) - ns - ns - n_extra
         state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
         trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
+        extra = tuple(saved[ns + n_p + ns :])
+        g_out = tuple(g.contiguous() for g in grads[:n_out])
+        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
+        time_grad = bool(ctx.needs_input_grad[1])
         grid: Grid
+        if spec.tol is None and spec.checkpoint:
+            assert spec.counts is not None
+            grid = FlatGrid(t, spec.counts)
+            ck = spec.checkpointer(grid, params, grid.total)
+            with spec.replay():
+                cot, acc, grad_t = reverse_checkpointed(ck, extra, cot, g_out, time_grad)
+            return (None, grad_t, None, None, *cot, *acc)
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
         else:
-            records = Records(*saved[ns + n_p + ns : -1])
+            records = Records(*extra[:-1])
             python = spec.loops is PYTHON
-            grid = RecordedGrid(t, records, records.start.shape[0] if python else saved[-1])
-        g_out = tuple(g.contiguous() for g in grads[:n_out])
+            count = records.start.shape[0] if python else extra[-1]
+            grid = RecordedGrid(t, records, count)
+            if spec.checkpoint:  # replay the accepted steps once to record level 0
+                assert spec.tol is not None
+                ck = spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
+                with spec.replay():
+                    top = ck.record(state0, 0, count, ck.plan.stride(0))
+                    cot, acc, grad_t = reverse_checkpointed(ck, top, cot, g_out, time_grad)
+                return (None, grad_t, None, None, *cot, *acc)
         final = (*(y[-1] for y in trajs), *aux)
-        cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
-        time_grad = bool(ctx.needs_input_grad[1])
         with spec.replay():
             state, cot, acc, grad_t = reverse(
                 spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
@@ -227,69 +275,3 @@ class Solve(torch.autograd.Function):
         error = reconstruction_error(state, state0)
         warn_if_drifted(error, spec.reconstruction_tol)
         return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)
-
-
-class ForwardModeSolve(Solve):
-    """:class:`Solve` with a forward-mode rule, for eager code and :mod:`torch.func` transforms
-    (dynamo refuses an ``autograd.Function`` with a custom ``jvp`` in torch 2.13, so compiled
-    solves use :class:`Solve`)."""
-
-    @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor | None, ...]:
-        """Forward mode: the solve re-run under :func:`torch.func.jvp`, tangents carried along
-        every step (memory constant in the steps, like the reverse pass)."""
-        spec: Spec = ctx.spec
-        t, *saved = ctx.saved_tensors  # what save_for_forward kept
-        n = saved.pop(0) if ctx.has_n else None
-        tensors, records = saved[: ctx.n_tensors], saved[ctx.n_tensors :]
-        _, t_dot, _, _, *dots = tangents
-        count = None
-        if spec.tol is not None:
-            count = records[-1] if spec.loops is not PYTHON else records[0].shape[0]
-
-        def run(t_: Tensor, *tensors_: Tensor) -> tuple[Tensor, ...]:
-            grid_: Grid
-            if count is None:
-                grid_ = UniformGrid(t_, spec.counts if n is None else n)
-            else:
-                grid_ = RecordedGrid(t_, Records(*records[:-1]), count)
-            state0, params = tensors_[: spec.n_state], tensors_[spec.n_state :]
-            trajs, final = forward(
-                spec.loops, spec.scheme, spec.field, grid_, state0, params, spec.n_out
-            )
-            return (*trajs, *final[spec.n_out :])
-
-        primals = (t, *tensors)
-        dots_ = tuple(
-            torch.zeros_like(x) if d is None else d for x, d in zip(primals, (t_dot, *dots))
-        )
-        if under_transform():
-            _, out_dots = torch.func.jvp(run, primals, dots_)
-        else:  # torch.autograd.forward_ad, whose dual level does not nest.
-            # Re-run on fresh duals of the given tangents, with forward AD on (it is off while a
-            # jvp rule runs); some saved inputs may still carry their tangents: strip them.
-            with fwAD._set_fwd_grad_enabled(True):
-                plain = (fwAD.unpack_dual(x).primal for x in primals)
-                out = run(*(fwAD.make_dual(x, d) for x, d in zip(plain, dots_)))
-                out_dots = tuple(
-                    torch.zeros_like(y) if d is None else d
-                    for y, d in ((y, fwAD.unpack_dual(y).tangent) for y in out)
-                )
-        if spec.tol is None:
-            return tuple(out_dots)
-        return (*out_dots, *(None for _ in range(N_RECORDS + 1 + N_STATS)))
-
-
-def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
-          params: Params) -> tuple[State, SolveStats | None]:  # fmt: skip
-    """Differentiate with MALI; returns the trajectories and (adaptive) the stats.
-
-    The backward starts from the saved trajectories, so the caller gets copies: an in-place layer
-    after the solve (``ReLU(inplace=True)``) cannot change what the backward reads.
-    """
-    function = Solve if tracing() else ForwardModeSolve
-    out = function.apply(spec, t, n, probe, *state0, *params)
-    trajs = tuple(x.clone() for x in out[: spec.n_out])
-    if spec.tol is None:
-        return trajs, None
-    return trajs, SolveStats(*out[len(out) - N_STATS :])

@@ -151,3 +151,69 @@ def test_backprop_tuple_state_with_different_shapes() -> None:
         assert zs.shape == (2, 3, 2) and ls.shape == (2, 3)
         out[gradient] = torch.autograd.grad(zs[-1].sum() + ls[-1].sum(), z0)[0]
     torch.testing.assert_close(out["mali"], out["backprop"], rtol=1e-8, atol=1e-10)
+
+
+def square(t, y):
+    return y**2
+
+
+@pytest.mark.parametrize("method", [None, "tsit5"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["forward", "backward"])
+def test_a_solution_that_blows_up_fails(method: str | None, sign: float) -> None:
+    """``y' = y^2, y(0) = 1`` has no solution past ``t = 1`` (issue 14, item 5): the solve must
+    fail, not return a large number, with the default method (whose own numerical pole lies at
+    1.00065 at rtol 1e-3) as with tsit5; in time-reversed form too."""
+    y0 = torch.ones(1, dtype=F64)
+    f = square if sign > 0 else (lambda t, y: -(y**2))
+    end = r"-1\.0005" if sign < 0 else r"1\.0005"
+    with pytest.raises(
+        RuntimeError,
+        match=rf"failed at t = -?0\.99[0-9]* of \[0, {end}\]: the solution blows up near "
+        r"t = -?(1|1\.000[0-9]*|0\.9999[0-9]*), closer than rtol=0\.001",
+    ):
+        odeint(f, y0, [0.0, sign * 1.0005], method=method)
+
+    def solve(y):  # y(0) = 0.5 blows up at t = 2: that sample must be unaffected
+        return odeint(f, y, [0.0, sign * 0.5, sign * 1.0005], method=method, stats=True)
+
+    ys, stats = torch.func.vmap(solve)(torch.tensor([[1.0], [0.5]], dtype=F64))
+    assert stats.failed.tolist() == [True, False]
+    assert ys[0, -1].isnan().all()
+    torch.testing.assert_close(ys[1, -1], torch.tensor([1 / 0.9995], dtype=F64), rtol=1e-3, atol=0)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_a_solution_that_blows_up_fails_under_compile() -> None:
+    def solve(y):
+        return odeint(square, y, torch.tensor([0.0, 1.0005], dtype=F64), stats=True)
+
+    ys, stats = torch.compile(solve, backend="aot_eager", fullgraph=True)(torch.ones(1, dtype=F64))
+    assert stats.failed.item() and ys.isnan().all()
+
+
+@pytest.mark.parametrize(
+    ("f", "exact", "t1", "method"),
+    [
+        (lambda t, y: 8 * y, lambda t: torch.exp(8 * t), 3.0, None),  # e^24: large, no pole
+        (lambda t, y: t**2 * y, lambda t: torch.exp(t**3 / 3), 4.0, None),  # accelerating
+        (square, lambda t: 1 / (1 - t), 0.99, None),  # condition number 100 < 1 / rtol
+        (square, lambda t: 1 / (1 - t), 0.99, "tsit5"),
+        (lambda t, y: y**3, lambda t: (1 - 2 * t) ** -0.5, 0.495, "dopri5"),
+    ],
+)
+def test_growth_that_the_tolerance_resolves_is_not_a_blow_up(f, exact, t1, method) -> None:
+    y0 = torch.ones(1, dtype=F64)
+    ys, stats = odeint(f, y0, [0.0, t1], method=method, stats=True)
+    assert not stats.failed
+    want = exact(torch.tensor(t1, dtype=F64))
+    assert ((ys[-1] - want).abs() / want).item() < 0.1  # ALF at 0.99: 6% (its pole: 1.00065)
+
+
+def test_alf_failures_suggest_a_runge_kutta_method() -> None:
+    """ALF is unstable where the field contracts (the spiral of torchdiffeq's demo fails at
+    t = 3.5 with max_steps exceeded): its failures say what to use instead."""
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    with pytest.raises(RuntimeError, match=r"max_steps=20.*ALF is stable only .*method='tsit5'"):
+        odeint(van_der_pol, y0, [0.0, 10.0], max_steps=20)
+    with pytest.raises(RuntimeError, match=r"max_steps=20 trial steps were not enough$"):
+        odeint(van_der_pol, y0, [0.0, 10.0], max_steps=20, method="tsit5")

@@ -3,7 +3,8 @@
 Schemes: ALF (eta 1 and 0.8), reversible Heun, the reversible coupling of Bogacki-Shampine 3(2)
 with a fixed and with the automatic coupling (the Runge-Kutta couplings share one code path; the
 smallest embedded pair keeps compiles short), and the user-defined additive coupling of
-``examples/custom_scheme.py``. Modes: eager MALI,
+``examples/custom_scheme.py``; with ``gradient="checkpoint"``, the plain Bogacki-Shampine step and
+ALF. Modes: eager MALI,
 ``vmap(grad)`` (per-sample gradients against a loop of eager backprop),
 ``torch.compile(fullgraph=True)`` with aot_eager and inductor, and the ONNX export of the forward
 (onnxruntime against eager). Adaptive grids run for the schemes with an error estimate; the
@@ -19,7 +20,7 @@ from helpers import F64, assert_close_all, load_example
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from mali_func import ALF, CoupledRK, ReversibleHeun, ReversibleScheme, odeint
+from mali_func import ALF, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta, odeint
 from mali_func.export import to_onnx
 from mali_func.schemes import TABLEAUS
 
@@ -31,6 +32,8 @@ def scheme_named(name: str) -> ReversibleScheme:
         return load_example("custom_scheme").AdditiveCoupling()
     if name == "bosh3":
         return CoupledRK(TABLEAUS["bosh3"], coupling=0.9)
+    if name == "bosh3_plain":
+        return RungeKutta(TABLEAUS["bosh3"])
     if name == "bosh3_auto":
         return CoupledRK(TABLEAUS["bosh3"], coupling="auto")
     if name == "reversible_heun":
@@ -58,6 +61,7 @@ class PairField(nn.Module):
 # adaptive solve short enough for its reconstruction to hold (tests/test_drift.py covers the rest).
 GRIDS = {"fixed": {"n_steps": 12}, "adaptive": {"rtol": 1e-3, "atol": 1e-5}}
 SCHEMES = ["alf", "alf_damped", "coupling", "reversible_heun", "bosh3", "bosh3_auto"]
+EXPORTED = [*SCHEMES, "bosh3_plain"]
 FIXED_ONLY = ("coupling", "reversible_heun")
 
 
@@ -120,6 +124,40 @@ class PerSample(nn.Module):
         return self.loss(a[None], b[None], self.t)
 
 
+CHECKPOINTED = [
+    pytest.param(scheme, grid, mode, id=f"{scheme}-{grid}-{mode}")
+    for scheme in ("bosh3_plain", "alf")
+    for grid in GRIDS
+    for mode in ("eager", "aot_eager", "inductor", "vmap")
+    if mode != "inductor" or (scheme, grid) == ("bosh3_plain", "fixed")
+]
+
+
+@pytest.mark.parametrize(("scheme", "grid", "mode"), CHECKPOINTED)
+def test_checkpointed_gradients_in_every_mode_equal_eager_backprop(scheme, grid, mode) -> None:
+    """gradient="checkpoint": the plain Bogacki-Shampine step (no inverse) and ALF."""
+    field, a0, b0, t = problem()
+    ref = gradients(loss_of(field, scheme, grid, "backprop"), field, a0, b0, t)
+    if mode == "vmap":
+        model = PerSample(field, scheme, grid, "checkpoint")
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss(p: dict[str, Tensor], a: Tensor, b: Tensor) -> Tensor:
+            return functional_call(model, p, (a, b))
+
+        batched = vmap(grad(loss), in_dims=(None, 0, 0))(params, a0, b0)
+        reference = PerSample(field, scheme, grid, "backprop")
+        for i in range(a0.shape[0]):
+            want = torch.autograd.grad(reference(a0[i], b0[i]), list(field.parameters()))
+            assert_close_all([batched[k][i] for k in params], want, rtol=1e-9)
+        return
+    loss = loss_of(field, scheme, grid, "checkpoint")
+    if mode != "eager":
+        loss = torch.compile(loss, backend=mode, fullgraph=True)
+    rtol = 1e-9 if mode != "inductor" else 1e-7
+    assert_close_all(gradients(loss, field, a0, b0, t), ref, rtol=rtol)
+
+
 @pytest.mark.parametrize(("scheme", "grid", "mode"), cases("vmap"))
 def test_vmap_grad_equals_a_loop_of_eager_backprop(scheme: str, grid: str, mode: str) -> None:
     field, a0, b0, _ = problem()
@@ -146,12 +184,13 @@ class Solve(nn.Module):
         self.register_buffer("t", torch.tensor([0.0, 0.4, 1.0]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        gradient = "checkpoint" if isinstance(self.scheme, RungeKutta) else "mali"
         a, b = odeint(self.field, tuple(x.chunk(2, dim=-1)), self.t, n_steps=12,
-                      scheme=self.scheme)  # fmt: skip
+                      scheme=self.scheme, gradient=gradient)  # fmt: skip
         return torch.cat([a, b], dim=-1)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", EXPORTED)
 def test_onnx_export_of_the_forward_equals_eager(scheme: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = Solve(scheme).eval()

@@ -32,12 +32,16 @@ def make_model() -> nn.Module:
         def forward(self, t, x):
             return self.net(x) * torch.cos(t)
 
-    # ALF, and a reversible RK4 (a fixed coupling: "auto" estimates the contraction from the
+    # ALF, a reversible RK4 (a fixed coupling: "auto" estimates the contraction from the
     # batch it is given, so a shard's solve may differ from the whole batch's, as adaptive steps do)
     return nn.Sequential(
         nn.Linear(3, 4, dtype=F64),
         ODEBlock(Field(), n_steps=8),
         ODEBlock(Field(), n_steps=5, method="rk4", coupling=0.9),
+        # the plain RK4 step, differentiated by checkpointing (two levels of 3 states)
+        ODEBlock(
+            Field(), n_steps=7, method="rk4", coupling=None, gradient="checkpoint", checkpoints=6
+        ),
         nn.Linear(4, 2, dtype=F64),
     )
 

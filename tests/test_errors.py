@@ -64,6 +64,23 @@ def f(t, y):
         ({"method": "implicit_adams"}, ValueError, r"no reversible form.*'tsit5'"),
         ({"event_fn": lambda t, y: t}, NotImplementedError, "event handling"),
         ({"adjoint_params": torch.ones(2)}, TypeError, "adjoint_params must be a sequence"),
+        ({"adjoint_params": 3}, TypeError, "adjoint_params must be a sequence of tensors.*got int"),
+        ({"adjoint_params": [Y0, "w"]}, TypeError, r"adjoint_params\[1\] must be a tensor"),
+        ({"method": "dopri8"}, ValueError, r"'dopri8' \(torchdiffeq\) has no reversible.*'alf'"),
+        ({"method": "scipy_solver"}, ValueError, r"no reversible form.*'rk4'"),
+        ({"method": "rk45"}, ValueError, r"method must be one of \[.*'dopri5'"),
+        ({"method": "rk4", "scheme": ALF()}, ValueError, "either method or scheme"),
+        ({"options": {"grid_constructor": 1}}, ValueError, "grid_constructor is not supported"),
+        (
+            {"n_steps": None, "step_size": 0.1, "options": {"step_size": 0.1}},
+            ValueError,
+            r"options\['step_size'\] or step_size=",
+        ),
+        (
+            {"n_steps": None, "max_steps": 9, "options": {"max_num_steps": 9}},
+            ValueError,
+            r"options\['max_num_steps'\] or max_steps=",
+        ),
         ({"args": (1.0,)}, TypeError, r"args\[0\] must be a torch.Tensor"),
         ({"scheme": "alf"}, TypeError, "scheme must be a ReversibleScheme"),
         ({"scheme": ALF(0.9), "eta": 0.8}, ValueError, "set it on the scheme"),
@@ -117,3 +134,13 @@ def test_t_on_another_device_is_refused() -> None:
     t = torch.tensor([0.0, 1.0], dtype=F64, device="meta")
     with pytest.raises(ValueError, match="t must be on the device of y0"):
         odeint(f, Y0, t, n_steps=2)
+
+
+def test_t_of_another_floating_dtype_is_cast_not_refused() -> None:
+    """As torchdiffeq does: the times take y0's dtype (an integer t is still refused, above), and
+    a gradient with respect to t comes back in t's own dtype."""
+    t = torch.tensor([0.0, 1.0], dtype=torch.float32, requires_grad=True)
+    ys = odeint(f, Y0, t, n_steps=4)
+    assert ys.dtype == F64
+    ys[-1].sum().backward()
+    assert t.grad is not None and t.grad.dtype == torch.float32

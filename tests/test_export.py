@@ -104,10 +104,10 @@ def test_scan_forward_matches_python_forward(times, steps, eta, pair) -> None:
     with torch.no_grad():
         start = scheme.init(bound.field, t[0], state, bound.params)
         grid = UniformGrid(t, steps)
-        want, want_final = forward(
+        want, want_final, _ = forward(
             PythonLoops(), scheme, bound.field, grid, start, bound.params, len(state)
         )
-        got, got_final = forward(
+        got, got_final, _ = forward(
             ScanLoops(), scheme, bound.field, grid, start, bound.params, len(state)
         )
     assert [g.shape for g in got] == [(len(times), 5, 3)] * len(state)

@@ -36,6 +36,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "ReconstructionWarning",
         "ReversibleHeun",
         "ReversibleScheme",
+        "RungeKutta",
         "SolveStats",
         "odeint",
         "odeint_adjoint",

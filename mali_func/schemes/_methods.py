@@ -3,7 +3,8 @@
 ``"alf"`` is the asynchronous leapfrog scheme (its option is ``eta``), ``"reversible_heun"`` the
 reversible Heun method (no option); every Runge-Kutta name means the reversible coupling
 (:class:`CoupledRK`) of that tableau (its option is ``coupling``: a number in (0, 1] or
-``"auto"``), not the plain Runge-Kutta step.
+``"auto"``, the default), and with ``coupling=None`` the plain Runge-Kutta step
+(:class:`RungeKutta`: no inverse, for ``gradient="checkpoint"`` or ``"backprop"``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from ._alf import ALF
 from ._coupled import CoupledRK
 from ._heun import ReversibleHeun
+from ._plain import RungeKutta
 from ._scheme import ReversibleScheme
 from ._tableau import TABLEAUS
 
@@ -19,6 +21,16 @@ DEFAULT_COUPLING = "auto"
 (README, "Reversible Runge-Kutta methods"): on a contracting problem it beats the best fixed value
 at equal steps, and on a long oscillatory solve it keeps the reconstruction at round-off where a
 fixed 0.9 lets it explode."""
+
+
+class _Default(str):
+    """The default of ``coupling``: equal to ``"auto"``, but told apart from a given ``"auto"``."""
+
+    __slots__ = ()
+
+
+COUPLING_DEFAULT: str = _Default(DEFAULT_COUPLING)
+"""``odeint``'s default ``coupling`` (``"auto"``), which ALF and reversible Heun ignore."""
 
 METHODS = ("alf", "reversible_heun", *TABLEAUS)
 ADAPTIVE_METHODS = ("alf", *(name for name, tab in TABLEAUS.items() if tab.b_error is not None))
@@ -37,7 +49,7 @@ def scheme_for(
             raise ValueError("give either method or scheme, not both")
         if not isinstance(scheme, ReversibleScheme):
             raise TypeError(f"scheme must be a ReversibleScheme, got {type(scheme).__name__}")
-        if eta is not None or coupling is not None:
+        if eta is not None or not _unset(coupling):
             raise ValueError(
                 "eta and coupling configure a method; with scheme=, set it on the scheme instead"
             )
@@ -45,7 +57,7 @@ def scheme_for(
     method = "alf" if method is None else method
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if method in ("alf", "reversible_heun") and coupling is not None:
+    if method in ("alf", "reversible_heun") and not (_unset(coupling) or coupling is None):
         raise ValueError(f"coupling applies to the Runge-Kutta methods, not to method={method!r}")
     if method == "alf":
         return ALF(1.0 if eta is None else eta)
@@ -53,4 +65,10 @@ def scheme_for(
         raise ValueError(f"eta is ALF's damping; method={method!r} does not take it")
     if method == "reversible_heun":
         return ReversibleHeun()
-    return CoupledRK(TABLEAUS[method], DEFAULT_COUPLING if coupling is None else coupling)
+    if coupling is None:
+        return RungeKutta(TABLEAUS[method])
+    return CoupledRK(TABLEAUS[method], coupling)
+
+
+def _unset(coupling: object) -> bool:
+    return isinstance(coupling, _Default)

@@ -124,18 +124,38 @@ class ReversibleScheme(abc.ABC):
         ``params`` last among the primals: that one may skip tensors that need no gradient.
         """
         previous = self.inverse(field, t, h, state, params)
-        if time_grad:
+        return pull_back(
+            self, field, t, h, previous, cotangent, params, time_grad=time_grad, vjp=vjp
+        )
 
-            def timed(x: State, t_: Tensor, h_: Tensor, p: Params) -> State:
-                return self.step(field, t_, h_, x, p)
 
-            _, pullback = vjp(timed, previous, t, h, params)
-            cot_x, cot_t, cot_h, cot_p = pullback(cotangent)
-            return previous, cot_x, cot_t, cot_h, cot_p
+def pull_back(
+    scheme: ReversibleScheme,
+    field: Field,
+    t: Tensor,
+    h: Tensor,
+    previous: State,
+    cotangent: State,
+    params: Params,
+    *,
+    time_grad: bool,
+    vjp: VJP = torch.func.vjp,
+) -> Reverse:
+    """Pull ``cotangent`` back through ``scheme.step`` taken from ``previous`` (a re-run of the
+    step under ``vjp``): the part of :meth:`ReversibleScheme.reverse` after the inverse, also
+    used by checkpointed gradients, which look ``previous`` up instead of inverting."""
+    if time_grad:
 
-        def untimed(x: State, p: Params) -> State:
-            return self.step(field, t, h, x, p)
+        def timed(x: State, t_: Tensor, h_: Tensor, p: Params) -> State:
+            return scheme.step(field, t_, h_, x, p)
 
-        _, pullback = vjp(untimed, previous, params)
-        cot_x, cot_p = pullback(cotangent)
-        return previous, cot_x, None, None, cot_p
+        _, pullback = vjp(timed, previous, t, h, params)
+        cot_x, cot_t, cot_h, cot_p = pullback(cotangent)
+        return previous, cot_x, cot_t, cot_h, cot_p
+
+    def untimed(x: State, p: Params) -> State:
+        return scheme.step(field, t, h, x, p)
+
+    _, pullback = vjp(untimed, previous, params)
+    cot_x, cot_p = pullback(cotangent)
+    return previous, cot_x, None, None, cot_p
