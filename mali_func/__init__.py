@@ -8,7 +8,7 @@ constant in the number of steps and the gradient is that of the discrete forward
 
 from ._blocks import ODEBlock
 from ._control import SolveStats
-from ._drift import DriftMonitor, ReconstructionWarning
+from ._drift import CouplingWarning, DriftMonitor, ReconstructionWarning
 from ._odeint import odeint, odeint_adjoint
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 
@@ -16,6 +16,7 @@ __all__ = [
     "ALF",
     "ButcherTableau",
     "CoupledRK",
+    "CouplingWarning",
     "DriftMonitor",
     "ODEBlock",
     "ReconstructionWarning",

@@ -16,11 +16,12 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._control import SolveStats
+from ._drift import warn_if_decoupled
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON
 from ._mode import tracing, under_transform
 from ._solve import N_RECORDS, N_STATS, Solve, Spec, forward
-from .schemes import Params, State
+from .schemes import CoupledRK, Params, State
 
 
 class ForwardModeSolve(Solve):
@@ -83,6 +84,9 @@ def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0:
     """
     function = Solve if tracing() else ForwardModeSolve
     out = function.apply(spec, t, n, probe, *state0, *params)
+    if isinstance(spec.scheme, CoupledRK):
+        final = (*(y[-1] for y in out[: spec.n_out]), *out[spec.n_out : spec.n_state])
+        warn_if_decoupled(spec.scheme.pair(final), repr(spec.scheme))
     trajs = tuple(x.clone() for x in out[: spec.n_out])
     if spec.tol is None:
         return trajs, None

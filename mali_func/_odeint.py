@@ -22,7 +22,7 @@ from ._checkpoint import check_traced_plan
 from ._checks import check_adaptive, check_options, check_scheme, check_steps, check_t, check_y0
 from ._compat import translate
 from ._control import SolveStats, Tolerances, control
-from ._drift import DriftMonitor
+from ._drift import DriftMonitor, warn_if_decoupled
 from ._field import (
     BoundField,
     autocast_field,
@@ -38,7 +38,7 @@ from ._forward_mode import solve
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward
-from .schemes import COUPLING_DEFAULT, Params, ReversibleScheme, State, scheme_for
+from .schemes import COUPLING_DEFAULT, CoupledRK, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -250,9 +250,12 @@ def _dispatch(
     if gradient == "backprop" and loops is python:
         if tol is None:
             assert steps is not None
-            return forward(python, scheme, field, UniformGrid(t, steps), start, params, n_out)[
-                0
-            ], None
+            trajs, final, _ = forward(
+                python, scheme, field, UniformGrid(t, steps), start, params, n_out
+            )
+            if isinstance(scheme, CoupledRK):
+                warn_if_decoupled(scheme.pair(final), repr(scheme))
+            return trajs, None
         with torch.no_grad():
             _, _, records, count, stats = control(
                 python, scheme, field, t, start, params, n_out, tol

@@ -31,6 +31,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "ALF",
         "ButcherTableau",
         "CoupledRK",
+        "CouplingWarning",
         "DriftMonitor",
         "ODEBlock",
         "ReconstructionWarning",

@@ -167,6 +167,11 @@ class CoupledRK(ReversibleScheme):
         lam = r.clamp_min(0.0).pow(AUTO_EXPONENT).clamp(0.5, 1.0)
         return state[:n], state[n : 2 * n], (rho,), lam
 
+    def pair(self, state: State) -> tuple[Tensor, Tensor]:
+        """The first components of ``y`` and ``z`` of a state (the disagreement check)."""
+        n = (len(state) - (1 if self.auto else 0)) // 2
+        return state[0], state[n]
+
     def _forward(
         self, field: Field, t: Tensor, h: Tensor, state: State, params: Params, error: bool
     ) -> tuple[State, State | None]:
