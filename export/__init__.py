@@ -6,7 +6,9 @@ ONNX ``Scan`` node whose body is a single step: the file does not grow with the 
 and none of MALI's training machinery is in it. The file is then checked with the full ONNX
 checker and run in onnxruntime against torch.
 
-Command line: ``python -m mali_func.export --help``.
+Command line: ``python -m mali_func.export --help``. Importing this package imports neither
+``onnx`` nor ``onnxruntime``: they are imported when an export runs, and a missing one raises an
+:class:`ImportError` naming the extra (``pip install 'mali-func[onnx]'``).
 """
 
 from ._api import to_onnx

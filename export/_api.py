@@ -17,6 +17,7 @@ from ._batch import (
     taken_sizes,
     trace_batches,
 )
+from ._deps import require
 from ._errors import ExportError
 from ._report import ExportReport, graph_stats
 from ._trace import export_file, inference_mode_of
@@ -72,7 +73,12 @@ def to_onnx(
         ExportError: the exporter failed, the file fails the ONNX checker, or the exporter
             fixed the batch axis that ``dynamic_batch`` asked for (the file is then removed).
         ParityError: onnxruntime and torch differ by more than ``rtol``; the file is kept.
+        ImportError: ``onnx`` or (with ``check``) ``onnxruntime`` is not installed; the message
+            names the extra (``pip install 'mali-func[onnx]'``).
     """
+    require("onnx")  # torch.onnx.export(dynamo=True) needs it too
+    if check:
+        require("onnxruntime")
     request = validate(
         model,
         args,

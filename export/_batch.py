@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
+
+if TYPE_CHECKING:
+    import onnx
 
 Dim = int | str | None
 """One axis of a graph input or output: a fixed size, a symbol, or unknown."""

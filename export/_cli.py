@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rtol=ns.rtol,
             check=not ns.no_check,
         )
-    except (ExportError, TypeError, ValueError, RuntimeError, OSError) as err:
+    except (ExportError, TypeError, ValueError, RuntimeError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
+from ._deps import require
+
+if TYPE_CHECKING:
+    import onnx
 
 LOOP_OPS = frozenset({"Scan", "Loop"})
 """ONNX operators that hold a loop body as a subgraph."""
@@ -22,6 +26,7 @@ class GraphStats:
 
 
 def _count(graph: onnx.GraphProto) -> int:
+    onnx = require("onnx")
     total = 0
     for node in graph.node:
         total += 1

@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
 from ._batch import resized, second_batch
+from ._deps import require
 from ._errors import ExportError, ParityError
 
 
@@ -34,6 +37,7 @@ class Parity:
 
 def check_file(path: Path) -> None:
     """Run ``onnx.checker.check_model(full_check=True)``; raise :class:`ExportError` if it fails."""
+    onnx = require("onnx")
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (OSError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
@@ -45,6 +49,9 @@ def load_model(path: Path) -> onnx.ModelProto:
 
     Raises :class:`ExportError` naming the file if it is missing, truncated or not ONNX.
     """
+    onnx = require("onnx")
+    from google.protobuf.message import DecodeError
+
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as err:
@@ -60,6 +67,7 @@ def session(path: Path) -> ort.InferenceSession:
     Raises :class:`ExportError` naming the file if onnxruntime cannot load it (missing,
     truncated, not ONNX).
     """
+    ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no notes about unused initializers
     try:
@@ -78,6 +86,8 @@ def _run(sess: ort.InferenceSession, feed: dict[str, np.ndarray], path: Path) ->
 
 def _errors(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """(max absolute, max relative) difference; mismatched NaN or infinity counts as infinite."""
+    import numpy as np
+
     out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
     same = (out64 == ref64) | (np.isnan(out64) & np.isnan(ref64))
     with np.errstate(invalid="ignore"):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_steps, steps_for
 from ._odeint import odeint
 
 
@@ -75,10 +76,19 @@ class ODEBlock(nn.Module):
         self.t0, self.t1 = float(t0), float(t1)
         self.t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
         self.options = dict(odeint_options)
+        # step_size becomes step counts now, from the block's own (constant) times: the solve
+        # then needs no values of t, so it compiles, vmaps and exports like n_steps.
+        self._solve_options = dict(odeint_options)
+        step_size = self._solve_options.pop("step_size", None)
+        if step_size is not None:
+            check_steps(None, step_size, torch.tensor(grid, dtype=torch.float64))
+            spans = [abs(b - a) for a, b in itertools.pairwise(grid)]
+            self._solve_options["n_steps"] = steps_for(spans, step_size)
         self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        ys = odeint(self.field, x, self.times.to(dtype=x.dtype, device=x.device), **self.options)
+        times = self.times.to(dtype=x.dtype, device=x.device)
+        ys = odeint(self.field, x, times, **self._solve_options)
         assert isinstance(ys, Tensor)
         if self._select is None:
             return ys[-1]

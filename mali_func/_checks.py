@@ -20,8 +20,9 @@ from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 GRADIENTS = ("mali", "checkpoint", "backprop")
 
 
-def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str) -> None:
-    """Refuse a scheme that lacks a method the solve needs, naming the scheme and the method."""
+def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str | None) -> None:
+    """Refuse a scheme that lacks a method the solve needs, naming the scheme and the method
+    (``gradient=None``: no gradient is asked for, so no inverse is needed)."""
     missing = []
     if adaptive and not scheme.has("step_with_error"):
         missing.append(
@@ -105,27 +106,46 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
         raise ValueError("give either n_steps or step_size, not both")
     intervals = t.shape[0] - 1
     if n_steps is not None:
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int):
-            raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__}")
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-        return (n_steps,) * intervals
+        if isinstance(n_steps, (tuple, list)):
+            if len(n_steps) != intervals:
+                raise ValueError(
+                    f"n_steps as a sequence needs one count per interval of t ({intervals}), "
+                    f"got {len(n_steps)}"
+                )
+            return tuple(_count(n, f"n_steps[{i}]") for i, n in enumerate(n_steps))
+        return (_count(n_steps, "n_steps"),) * intervals
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
         raise TypeError(f"step_size must be a real number, got {type(step_size).__name__}")
     if not (math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be positive and finite, got {step_size}")
     if not is_concrete(t):
         raise ValueError(
-            "step_size needs the values of t, which are not available under torch.compile or a "
-            "torch.func transform; pass n_steps instead"
+            "step_size needs the values of t, which are not available under torch.compile, "
+            "export or a torch.func transform; pass n_steps instead (one int, or one per "
+            "interval), or make t a constant of the model: ODEBlock(field, t0, t1, "
+            "step_size=...) converts step_size to step counts when it is built"
         )
-    spans: Sequence[float] = (t[1:] - t[:-1]).abs().tolist()
-    counts = [span / step_size * (1 - 1e-12) for span in spans]
+    eps = torch.finfo(t.dtype).eps
+    return steps_for((t[1:] - t[:-1]).abs().tolist(), step_size, slack=max(1e-12, 8 * eps))
+
+
+def _count(n: Any, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+    return n
+
+
+def steps_for(spans: Sequence[float], step_size: float, slack: float = 1e-12) -> tuple[int, ...]:
+    """``ceil(|dt| / step_size)`` steps per interval (at least one). The relative ``slack``
+    absorbs the round-off of the times (8 ulps of their dtype): ``ceil(0.3 / 0.1)`` is 3 also
+    when 0.3 is a float32."""
+    counts = [span / step_size * (1 - slack) for span in spans]
     if not all(math.isfinite(c) and c < 2**62 for c in counts):
         raise ValueError(
             f"step_size={step_size!r} is too small: it gives more steps than can be counted"
         )
-    # The tiny relative slack keeps ceil(1.0 / 0.1) at 10 despite round-off.
     return tuple(max(1, math.ceil(c)) for c in counts)
 
 

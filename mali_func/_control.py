@@ -10,7 +10,8 @@ and judged by a controller (:class:`Controller`). The default, :class:`IntegralC
 accepts when ``err <= 1`` and proposes ``h * clip(safety * err^(-1/(q+1)), 0.2, 10)`` for an
 estimate of order ``q`` (ALF: ``q = 1``, the paper package's ``err^(-1/2)``), with no growth
 right after a rejection. A step shortened to land on an output time keeps the proposal it was cut
-from for the step after it, so an output time costs at most the one step it splits in two. The
+from for the step after it, so an output time costs at most the one step it splits in two, and a
+proposal less than 10% short of an output time is stretched to land on it (no sliver step). The
 first step is the Hairer-Wanner estimate (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4).
 
 A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
@@ -37,6 +38,9 @@ from ._grid import Records, buffers, span, write_row
 from ._loops import Loops
 from ._mode import is_concrete
 from .schemes import ALF, Field, Params, ReversibleScheme, State
+
+STRETCH = 1.1
+"""A step within this factor of the next output time is stretched to land on it."""
 
 ALF_HINT = (
     "ALF is stable only for oscillatory dynamics (where the field contracts, its parasitic "
@@ -140,6 +144,14 @@ def initial_step(
     return torch.minimum(100 * h0, h1)
 
 
+def _select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``torch.where(cond, a, b)``; for booleans with logical operators (onnxruntime has no
+    boolean ``Where``)."""
+    if a.dtype == torch.bool:
+        return (cond & a) | (~cond & b)
+    return torch.where(cond, a, b)
+
+
 class Carry(NamedTuple):
     state: State
     outputs: tuple[Tensor, ...]  # rows 0..M; row M takes the writes of steps that end nothing
@@ -194,7 +206,10 @@ def control(
         active = running(carry)
         ti, dt = span(t, i)
         remaining = 1 - carry.c
-        reach = carry.hmag >= remaining * dt.abs()
+        # A proposal up to STRETCH short of the output time lands on it in one step instead of
+        # leaving a sliver step (no cycle: after a rejection the proposal is below safety * h,
+        # and STRETCH * safety < 1).
+        reach = carry.hmag * STRETCH >= remaining * dt.abs()
         theta = torch.where(reach, remaining, carry.hmag / dt.abs())
         tk, h = ti + carry.c * dt, theta * dt
         new, err = scheme.step_with_error(field, tk, h, carry.state, params)
@@ -210,7 +225,7 @@ def control(
         ends = ok & reach
         state = tuple(torch.where(ok, a, b) for a, b in zip(new, carry.state))
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
-        memory = tuple(torch.where(active, a, b) for a, b in zip(memory, carry.memory))
+        memory = tuple(_select(active, a, b) for a, b in zip(memory, carry.memory))
         stats = SolveStats(
             carry.stats.n_f_evals + active.long(),
             carry.stats.n_accepted + ok.long(),

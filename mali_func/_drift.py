@@ -34,9 +34,10 @@ COUPLING_TOL = 0.01
 before :class:`CouplingWarning` (healthy solves measure 1e-9 to 1e-3; README)."""
 
 
-def warn_if_decoupled(pair: tuple[Tensor, Tensor] | None, where: str) -> None:
+def warn_if_decoupled(pair: tuple[Tensor, Tensor] | None, where: object) -> None:
     """Warn with :class:`CouplingWarning` when the final ``(y, z)`` of a coupled solve disagree
-    by more than :data:`COUPLING_TOL` (eager only: one host read; the worst sample of a vmap)."""
+    by more than :data:`COUPLING_TOL` (eager only: one host read; the worst sample of a vmap).
+    ``where`` (the scheme) is named in the message."""
     if pair is None or tracing():
         return
     y, z = pair
@@ -47,7 +48,7 @@ def warn_if_decoupled(pair: tuple[Tensor, Tensor] | None, where: str) -> None:
     value = float(seen.max())
     if not value <= COUPLING_TOL:
         warnings.warn(
-            f"{where}: the coupled pair (y, z) ends more than {COUPLING_TOL:.0%} apart "
+            f"{where!r}: the coupled pair (y, z) ends more than {COUPLING_TOL:.0%} apart "
             "(relative): the coupling's parasitic mode grew, so the solution is "
             "unreliable. The field contracts faster than the coupling was set for (coupling="
             "'auto' measures the contraction at t[0] only): take more or smaller steps (a "

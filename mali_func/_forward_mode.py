@@ -86,7 +86,7 @@ def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0:
     out = function.apply(spec, t, n, probe, *state0, *params)
     if isinstance(spec.scheme, CoupledRK):
         final = (*(y[-1] for y in out[: spec.n_out]), *out[spec.n_out : spec.n_state])
-        warn_if_decoupled(spec.scheme.pair(final), repr(spec.scheme))
+        warn_if_decoupled(spec.scheme.pair(final), spec.scheme)
     trajs = tuple(x.clone() for x in out[: spec.n_out])
     if spec.tol is None:
         return trajs, None

@@ -163,6 +163,31 @@ def _counter(like: Tensor, value: Count = 0) -> Tensor:
     return torch.full((), value, dtype=torch.int64, device=like.device)
 
 
+def _while_loop(
+    cond: Cond, body: WhileBody, carry: Any, *, max_steps: int, dtypes: tuple[torch.dtype, ...]
+) -> tuple[Any, tuple[Tensor, ...], Index]:
+    """``while_`` on :func:`while_loop` over flat carries; kept entries go to slots
+    ``0 .. count - 1`` of buffers of ``max_steps + 1`` (compile and export)."""
+    leaves, rebuild = _flatten(carry)
+    n_c = len(leaves)
+    like = leaves[0]
+    buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
+
+    def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
+        return (it < max_steps) & cond(rebuild(xs[:n_c]))
+
+    def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        new, entry, keep = body(rebuild(xs[:n_c]))
+        slot = torch.where(keep, count, max_steps).reshape(1)
+        bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
+        return (it + 1, count + keep.long(), *_tensors(new), *bufs)
+
+    contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
+    init = (_counter(like), _counter(like), *contiguous, *buffers)
+    res = while_loop(test, step, init)
+    return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
+
+
 class WhileLoops:
     """Compiled loops: ``while_loop`` over flat carries (cloned: carries must not alias)."""
 
@@ -195,24 +220,7 @@ class WhileLoops:
     ) -> tuple[Any, tuple[Tensor, ...], Index]:
         """Kept entries go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1``."""
         _no_donated_buffers()
-        leaves, rebuild = _flatten(carry)
-        n_c = len(leaves)
-        like = leaves[0]
-        buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
-
-        def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
-            return (it < max_steps) & cond(rebuild(xs[:n_c]))
-
-        def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-            new, entry, keep = body(rebuild(xs[:n_c]))
-            slot = torch.where(keep, count, max_steps).reshape(1)
-            bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
-            return (it + 1, count + keep.long(), *_tensors(new), *bufs)
-
-        contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
-        init = (_counter(like), _counter(like), *contiguous, *buffers)
-        res = while_loop(test, step, init)
-        return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
+        return _while_loop(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
 
     def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
         return _fenced_vjp
@@ -273,8 +281,19 @@ class ScanLoops:
         (_, final), ys = scan(step, (_counter(like), list(leaves)), rows)
         return rebuild(final), tuple(ys)
 
-    def while_(self, *args: Any, **kwargs: Any) -> Any:
-        raise ValueError("export needs a fixed grid: pass n_steps (adaptive solves do not export)")
+    def while_(
+        self,
+        cond: Cond,
+        body: WhileBody,
+        carry: Any,
+        *,
+        max_steps: int,
+        dtypes: tuple[torch.dtype, ...],
+        check_every: int = 8,
+    ) -> tuple[Any, tuple[Tensor, ...], Index]:
+        """The controller's ``while_loop`` (forward only), as compiled code runs it: ONNX keeps
+        it as one ``Loop`` node, its trip count bounded by ``max_steps``."""
+        return _while_loop(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
 
 
 Loops = PythonLoops | WhileLoops | ScanLoops

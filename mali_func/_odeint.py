@@ -38,7 +38,15 @@ from ._forward_mode import solve
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward
-from .schemes import COUPLING_DEFAULT, CoupledRK, Params, ReversibleScheme, State, scheme_for
+from .schemes import (
+    COUPLING_DEFAULT,
+    TABLEAUS,
+    CoupledRK,
+    Params,
+    ReversibleScheme,
+    State,
+    scheme_for,
+)
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -54,7 +62,7 @@ def odeint(
     *,
     eta: float | None = None,
     coupling: float | str | None = COUPLING_DEFAULT,
-    n_steps: int | None = None,
+    n_steps: int | Sequence[int] | None = None,
     step_size: float | None = None,
     gradient: Literal["mali", "checkpoint", "backprop"] = "mali",
     checkpoints: int | None = None,
@@ -100,7 +108,8 @@ def odeint(
             the forward pass is unstable on contracting dynamics, small values amplify round-off
             in the reverse reconstruction; ``None``: the plain Runge-Kutta step, which has no
             inverse (``gradient="checkpoint"`` or ``"backprop"``).
-        n_steps: equal steps in every interval ``[t[i], t[i+1]]``.
+        n_steps: equal steps in every interval ``[t[i], t[i+1]]``: one int for all, or one per
+            interval.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
             adaptively (see :mod:`mali_func._control`) and land on every ``t[i]``.
@@ -158,10 +167,12 @@ def odeint(
         raise TypeError(f"stats must be a bool, got {type(stats).__name__}")
     check_options(gradient, reconstruction_tol, monitor, DriftMonitor, checkpoints)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
-    check_scheme(scheme, adaptive=steps is None, gradient=gradient)
+    check_scheme(scheme, adaptive=steps is None, gradient=None)
 
     check_replayable(func, gradient)
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (t, *state, *bound.params)):
+        check_scheme(scheme, adaptive=steps is None, gradient=gradient)  # only when it matters
     attributes: dict[str, Tensor] = {}
     engine = gradient != "backprop"  # the Function sees only the tensors passed to it
     if not isinstance(func, nn.Module):
@@ -254,7 +265,7 @@ def _dispatch(
                 python, scheme, field, UniformGrid(t, steps), start, params, n_out
             )
             if isinstance(scheme, CoupledRK):
-                warn_if_decoupled(scheme.pair(final), repr(scheme))
+                warn_if_decoupled(scheme.pair(final), scheme)
             return trajs, None
         with torch.no_grad():
             _, _, records, count, stats = control(
@@ -295,15 +306,23 @@ def odeint_adjoint(
     **kwargs: Any,
 ) -> Any:
     """:func:`odeint` with torchdiffeq's defaults, for ``from mali_func import odeint_adjoint as
-    odeint``: ``method="dopri5"`` (the reversible coupling of Dormand-Prince 5(4)) unless a
-    ``scheme`` is given, and on adaptive solves ``rtol=1e-7, atol=1e-9``. Every argument of
-    :func:`odeint` is accepted; the gradient is MALI's (constant memory, exact for the discrete
-    solve), which is what torchdiffeq's adjoint approximates."""
+    odeint``: ``method="dopri5"`` unless a ``scheme`` is given, ``rtol=1e-7, atol=1e-9`` on
+    adaptive solves, and, for a Runge-Kutta method given neither ``coupling`` nor
+    ``gradient``, torchdiffeq's own plain step (``coupling=None``) differentiated by
+    ``gradient="checkpoint"``: the same discrete solve as torchdiffeq's forward, its exact
+    gradient (which the adjoint method approximates) in bounded memory, and none of the reversible
+    coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
+    coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
+    argument of :func:`odeint` is accepted."""
     fixed = any(kwargs.get(k) is not None for k in ("n_steps", "step_size")) or (
         isinstance(options, Mapping) and "step_size" in options
     )
     if method is None and kwargs.get("scheme") is None:
         method = TORCHDIFFEQ_METHOD
+    if isinstance(method, str) and method in TABLEAUS and "coupling" not in kwargs:
+        gradient = kwargs.setdefault("gradient", "checkpoint")
+        if gradient != "mali":
+            kwargs["coupling"] = None
     if not fixed:
         rtol = TORCHDIFFEQ_RTOL if rtol is None else rtol
         atol = TORCHDIFFEQ_ATOL if atol is None else atol

@@ -160,7 +160,7 @@ def test_a_parameter_left_out_of_adjoint_params_still_gets_its_gradient() -> Non
     model, y0, t = Shifted(), torch.tensor([[1.0, -0.5]], dtype=F64), [0.0, 1.0]
     ys = odeint_adjoint(model, y0, t, adjoint_params=(field.a,))
     got = torch.autograd.grad(ys[-1].sum(), [field.a, shift])
-    ys = odeint(model, y0, t, RTOL, ATOL, "dopri5", gradient="backprop")
+    ys = odeint(model, y0, t, RTOL, ATOL, "dopri5", coupling=None, gradient="backprop")
     for a, b in zip(got, torch.autograd.grad(ys[-1].sum(), [field.a, shift])):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -230,23 +230,47 @@ def test_the_spiral_solves_adaptively_with_torchdiffeqs_defaults(dtype: torch.dt
     assert (ys.double() - ref).abs().max().item() < (1e-5 if dtype == F64 else 1e-3)
 
 
-def test_a_solve_whose_coupled_pair_drifts_apart_warns_and_the_plain_step_agrees() -> None:
+def test_a_solve_whose_coupled_pair_drifts_apart_warns_and_the_default_plain_step_agrees():
     """The field ``spiral_demo.py`` starts from, solved over [0, 25] as its first loss does.
-    ``coupling='auto'`` estimates the contraction once, at ``t[0]``, where this field has none
-    (lambda = 1); it contracts later, where the parasitic mode grows unseen by the error estimate
-    (the end state is 4.2 off; with coupling=0.9, 0.3 off): the solve says so, and the plain
-    dopri5 step agrees with a converged solve."""
+    The reversible coupling (``gradient="mali"``, ``coupling='auto'``) estimates the contraction
+    once, at ``t[0]``, where this field has none (lambda = 1); it contracts later, where the
+    parasitic mode grows unseen by the error estimate (the end state is 4.2 off; with
+    coupling=0.9, 0.3 off): the solve says so. ``odeint_adjoint``'s default, torchdiffeq's plain
+    dopri5 step with checkpointing, agrees with a converged solve."""
     torch.manual_seed(0)
     func = load_example("spiral_demo").ODEFunc().double()
     y0, t = torch.tensor([[2.0, 0.0]], dtype=F64), torch.tensor([0.0, 25.0], dtype=F64)
     with torch.no_grad():
         want = odeint(func, y0, t, method="rk4", n_steps=2000, coupling=0.9)[-1]  # 14.35, -17.05
         with pytest.warns(CouplingWarning, match=r"parasitic mode grew.*coupling such as 0\.9"):
-            odeint_adjoint(func, y0, t)
+            odeint_adjoint(func, y0, t, gradient="mali")
         with warnings.catch_warnings():
             warnings.simplefilter("error", CouplingWarning)
-            got = odeint_adjoint(func, y0, t, coupling=None, gradient="checkpoint")[-1]
+            got = odeint_adjoint(func, y0, t)[-1]
     assert (got - want).abs().max().item() < 1e-3
+
+
+def test_odeint_adjoint_defaults_to_the_plain_step_with_checkpointing() -> None:
+    torch.manual_seed(0)
+    func = load_example("spiral_demo").ODEFunc().double()
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 5.0, 6, dtype=F64)
+
+    def grads(call, **kw):
+        ys = call(func, y0, t, **kw)
+        return (ys, *torch.autograd.grad(ys.pow(2).sum(), [y0, *func.parameters()]))
+
+    plain = {"method": "dopri5", "coupling": None, "rtol": 1e-7, "atol": 1e-9}
+    want = grads(odeint, gradient="checkpoint", **plain)
+    for got in (grads(odeint_adjoint), grads(odeint_adjoint, method="dopri5")):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    backprop = grads(odeint_adjoint, gradient="backprop")  # the plain step too
+    for a, b in zip(backprop, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    coupled = grads(odeint, method="dopri5", rtol=1e-7, atol=1e-9)  # the reversible coupling
+    for call in ({"gradient": "mali"}, {"coupling": "auto"}):
+        torch.testing.assert_close(grads(odeint_adjoint, **call)[0], coupled[0], rtol=0, atol=0)
 
 
 def test_output_times_do_not_cost_steps_beyond_their_spacing() -> None:

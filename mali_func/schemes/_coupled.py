@@ -181,7 +181,7 @@ class CoupledRK(ReversibleScheme):
         back, err_back = self.tableau.increment(field, t + h, -h, y_new, params, error=error)
         if err is not None and err_back is not None:
             # Both base steps' estimates: one that jumps a singularity shows in the second.
-            err = tuple(torch.hypot(a, b) for a, b in zip(err, err_back))
+            err = tuple((a * a + b * b).sqrt() for a, b in zip(err, err_back))
         # A new tensor for rho: the engine saves the final state, never an input passed through.
         extra = tuple(x.clone() for x in extra)
         return (*y_new, *(b - p for b, p in zip(z, back)), *extra), err

@@ -1,0 +1,121 @@
+"""Exporting every solve: adaptive steps as one ONNX ``Loop``, ``step_size`` blocks, and the
+export package importing its optional dependencies only when an export runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mali_func import ODEBlock, odeint
+from mali_func.export import to_onnx
+
+
+class Field(nn.Module):
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 32), nn.Tanh(), nn.Linear(32, dim))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.net(y) - 0.5 * y
+
+
+def classifier(**block: object) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), ODEBlock(Field(), **block), nn.Linear(4, 2)).eval()
+
+
+def run(path: Path, x: Tensor) -> Tensor:
+    session = ort.InferenceSession(str(path))
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def loops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type in ("Loop", "Scan")]
+
+
+def test_an_adaptive_classifier_exports_as_one_loop_and_matches_torch(tmp_path: Path) -> None:
+    model = classifier(method="tsit5", rtol=1e-3, atol=1e-6)
+    path = tmp_path / "adaptive.onnx"
+    report = to_onnx(model, (torch.randn(5, 3),), path)
+    assert report.max_abs_error < 1e-4
+    assert loops(path) == ["Loop"]
+    for batch in (1, 256):
+        x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want = model(x)
+        assert (run(path, x) - want).abs().max().item() < 1e-4
+
+
+def test_the_file_does_not_grow_with_the_tolerance(tmp_path: Path) -> None:
+    sizes = []
+    for rtol in (1e-3, 1e-6):
+        path = tmp_path / f"{rtol}.onnx"
+        to_onnx(classifier(method="tsit5", rtol=rtol, atol=1e-6), (torch.randn(4, 3),), path)
+        sizes.append(path.stat().st_size)
+    assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0]
+
+
+def test_a_step_size_block_exports_with_its_counts_fixed_when_built(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    block = ODEBlock(Field(2), t_eval=[0.3, 1.0], step_size=0.1, method="rk4").eval()
+    x = torch.randn(4, 2)
+    path = tmp_path / "step_size.onnx"
+    to_onnx(block, (x,), path)
+    with torch.no_grad():
+        want = odeint(block.field, x, [0.0, 0.3, 1.0], n_steps=(3, 7), method="rk4")[1:]
+    assert (run(path, x) - want).abs().max().item() < 1e-5
+
+
+def test_step_size_with_t_an_input_is_refused_with_the_fix(tmp_path: Path) -> None:
+    class TimeInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.field = Field(2)
+
+        def forward(self, x: Tensor, t: Tensor) -> Tensor:
+            return odeint(self.field, x, t, step_size=0.1, method="rk4")[-1]
+
+    with pytest.raises(Exception, match=r"step_size needs the values of t.*ODEBlock"):
+        to_onnx(TimeInput().eval(), (torch.randn(4, 2), torch.tensor([0.0, 1.0])),
+                tmp_path / "t.onnx", dynamic_batch=False)  # fmt: skip
+
+
+def test_step_counts_per_interval_equal_the_step_size_grid() -> None:
+    torch.manual_seed(0)
+    field, x = Field(2), torch.randn(4, 2)
+    t = [0.0, 0.3, 1.0]
+    want = odeint(field, x, t, step_size=0.1, method="rk4")
+    torch.testing.assert_close(odeint(field, x, t, n_steps=(3, 7), method="rk4"), want)
+    with pytest.raises(ValueError, match=r"one count per interval of t \(2\), got 3"):
+        odeint(field, x, t, n_steps=(3, 7, 1), method="rk4")
+    with pytest.raises(ValueError, match=r"n_steps\[1\] must be at least 1"):
+        odeint(field, x, t, n_steps=[3, 0], method="rk4")
+
+
+BLOCKED = """
+import sys
+sys.modules["onnx"] = sys.modules["onnxruntime"] = None  # as if not installed
+import torch
+import mali_func.export as ex
+""" + "\n".join(
+    f"assert sys.modules['{name}'] is None" for name in ("onnx", "onnxruntime")
+) + """
+try:
+    ex.to_onnx(torch.nn.Linear(2, 2), (torch.randn(1, 2),), "never.onnx")
+except ImportError as err:
+    print("ERROR", err)
+"""
+
+
+def test_the_export_package_imports_onnx_only_when_an_export_runs() -> None:
+    out = subprocess.run([sys.executable, "-c", BLOCKED], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" in out.stdout and "pip install 'mali-func[onnx]'" in out.stdout
