@@ -76,23 +76,29 @@ class ODEBlock(nn.Module):
         self.t0, self.t1 = float(t0), float(t1)
         self.t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
         self.options = dict(odeint_options)
-        # step_size becomes step counts now, from the block's own (constant) times: the solve
-        # then needs no values of t, so it compiles, vmaps and exports like n_steps.
-        self._solve_options = dict(odeint_options)
-        step_size = self._solve_options.pop("step_size", None)
-        if step_size is not None:
-            check_steps(None, step_size, torch.tensor(grid, dtype=torch.float64))
-            spans = [abs(b - a) for a, b in itertools.pairwise(grid)]
-            self._solve_options["n_steps"] = steps_for(spans, step_size)
+        if odeint_options.get("step_size") is not None:  # checked now, converted per call
+            check_steps(None, odeint_options["step_size"], torch.tensor(grid, dtype=torch.float64))
+        self._grid = tuple(grid)
         self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         times = self.times.to(dtype=x.dtype, device=x.device)
-        ys = odeint(self.field, x, times, **self._solve_options)
+        ys = odeint(self.field, x, times, **self._solve_options())
         assert isinstance(ys, Tensor)
         if self._select is None:
             return ys[-1]
         return ys[self._select]
+
+    def _solve_options(self) -> dict[str, Any]:
+        """``options`` with ``step_size`` turned into step counts from the block's own constant
+        times: the solve then needs no values of ``t``, so it compiles, vmaps and exports like
+        ``n_steps``. Read at every call, so ``options`` may be changed in place."""
+        options = dict(self.options)
+        step_size = options.pop("step_size", None)
+        if step_size is not None:
+            spans = [abs(b - a) for a, b in itertools.pairwise(self._grid)]
+            options["n_steps"] = steps_for(spans, step_size)
+        return options
 
     def extra_repr(self) -> str:
         parts = [f"t0={self.t0}", f"t1={self.t1}"]

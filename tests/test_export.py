@@ -234,12 +234,11 @@ def test_bad_arguments(tmp_path, kwargs, error, match) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_adaptive_solve_is_refused(tmp_path) -> None:
-    # Without n_steps, odeint is adaptive (or refuses, where adaptive solves do not exist);
-    # either way no file is written and the message asks for n_steps.
-    with pytest.raises((ValueError, ExportError), match="n_steps"):
-        to_onnx(Solve(Tanh(), None), X, tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+def test_an_adaptive_alf_solve_exports_as_one_loop(tmp_path) -> None:
+    # Without n_steps, odeint is adaptive: its controller exports as one ONNX Loop (the
+    # adaptive classifiers are in tests/test_export_adaptive.py).
+    report = to_onnx(Solve(Tanh(), None), X, tmp_path / "m.onnx")
+    assert report.loops == 1 and report.max_rel_error < 1e-4
 
 
 def test_export_failure_names_the_models_own_error(tmp_path) -> None:

@@ -99,19 +99,21 @@ def test_step_counts_per_interval_equal_the_step_size_grid() -> None:
         odeint(field, x, t, n_steps=[3, 0], method="rk4")
 
 
-BLOCKED = """
+BLOCKED = (
+    """
 import sys
 sys.modules["onnx"] = sys.modules["onnxruntime"] = None  # as if not installed
 import torch
 import mali_func.export as ex
-""" + "\n".join(
-    f"assert sys.modules['{name}'] is None" for name in ("onnx", "onnxruntime")
-) + """
+"""
+    + "\n".join(f"assert sys.modules['{name}'] is None" for name in ("onnx", "onnxruntime"))
+    + """
 try:
     ex.to_onnx(torch.nn.Linear(2, 2), (torch.randn(1, 2),), "never.onnx")
 except ImportError as err:
     print("ERROR", err)
 """
+)
 
 
 def test_the_export_package_imports_onnx_only_when_an_export_runs() -> None:
