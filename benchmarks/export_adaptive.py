@@ -1,11 +1,12 @@
-"""An adaptive Neural ODE classifier deployed to ONNX: parity, file size, onnxruntime latency.
+"""An adaptive Neural ODE classifier deployed to ONNX and to a .pt2 package: parity, size, latency.
 
 The digits classifier of ``examples/digits_parts.py`` (untrained weights) with its ``ODEBlock``
 solving adaptively (plain Tsit5, ``rtol`` 1e-3 and 1e-6, ``atol`` 1e-6), exported with
 ``mali_func.export.to_onnx``: the controller becomes one ONNX ``Loop``. Reported: the largest
 difference between onnxruntime and torch at batch 1 and 256 (relative to the largest output), the
 file size at both tolerances, and the median latency of onnxruntime (``CPUExecutionProvider``,
-one thread) against torch eager under ``no_grad`` (one thread).
+one thread) and of the AOTInductor package (``mali_func.export.to_pt2``) against torch eager under
+``no_grad`` (one thread).
 
     python benchmarks/export_adaptive.py [--out benchmarks/results]
 """
@@ -31,7 +32,7 @@ def measure(rtol: float) -> dict[str, Any]:
     from digits_parts import ConvField, DigitsModel, load_digits_split
 
     from mali_func import ODEBlock
-    from mali_func.export import to_onnx
+    from mali_func.export import load_pt2, to_onnx, to_pt2
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -44,6 +45,9 @@ def measure(rtol: float) -> dict[str, Any]:
         path = Path(tmp) / "adaptive.onnx"
         report = to_onnx(model, (x[:1],), path)
         out.update(bytes=report.file_bytes, loops=report.loops, export_s=report.export_seconds)
+        pt2 = to_pt2(model, (x[:1],), Path(tmp) / "adaptive.pt2")
+        out.update(pt2_bytes=pt2.file_bytes, pt2_s=pt2.export_seconds + pt2.compile_seconds)
+        runner = load_pt2(Path(tmp) / "adaptive.pt2")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -62,6 +66,8 @@ def measure(rtol: float) -> dict[str, Any]:
                 out[f"error_{batch}"] = float((got - ref).abs().max() / ref.abs().max())
                 out[f"torch_s_{batch}"] = median(lambda: model(xb))  # noqa: B023
                 out[f"ort_s_{batch}"] = median(lambda: session.run(None, feed))  # noqa: B023
+                out[f"pt2_s_{batch}"] = median(lambda: runner(xb))  # noqa: B023
+                out[f"pt2_error_{batch}"] = float((runner(xb) - ref).abs().max() / ref.abs().max())
     return out
 
 
@@ -84,6 +90,18 @@ def main() -> None:
         ["rtol", "file bytes", "Loop nodes", "export s", "error, batch 1", "error, batch 256",
          "batch 1: torch / onnxruntime ms", "batch 256: torch / onnxruntime ms"],
         table,
+    )  # fmt: skip
+    pt2 = [
+        [f"{r['rtol']:g}", f"{r['pt2_bytes']:,}", f"{r['pt2_s']:.1f}",
+         f"{r['pt2_error_1']:.1e} / {r['pt2_error_256']:.1e}",
+         f"{1e3 * r['torch_s_1']:.2f} / {1e3 * r['pt2_s_1']:.2f} / {1e3 * r['ort_s_1']:.2f}",
+         f"{1e3 * r['torch_s_256']:.1f} / {1e3 * r['pt2_s_256']:.1f} / {1e3 * r['ort_s_256']:.1f}"]
+        for r in rows
+    ]  # fmt: skip
+    text += "\n\n" + md_table(
+        ["rtol", ".pt2 bytes", "export + compile s", "error, batch 1 / 256",
+         "batch 1: torch / .pt2 / onnxruntime ms", "batch 256: torch / .pt2 / onnxruntime ms"],
+        pt2,
     )  # fmt: skip
     write(args.out / "export_adaptive.md", text)
     print(text)

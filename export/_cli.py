@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ._api import to_onnx
 from ._batch import resized, second_batch
 from ._errors import ExportError
+from ._pt2 import to_pt2
 from ._trace import inference_mode_of
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,15 +58,23 @@ def _factory(spec: str) -> Callable[[], Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mali_func.export",
-        description="Export a model that calls mali_func.odeint to ONNX and check the file "
-        "with the ONNX checker and onnxruntime.",
+        description="Export a model that calls mali_func.odeint to ONNX (checked with the ONNX "
+        "checker and onnxruntime) or to an AOTInductor .pt2 package (checked against torch).",
     )
     parser.add_argument("factory", type=_factory, help="'module.path:callable' returning the model")
     parser.add_argument("-w", "--weights", type=Path, help="state_dict file (torch.save)")
     parser.add_argument(
         "-s", "--input-shape", type=_shape, required=True, help="example input shape, e.g. 1,1,8,8"
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="the .onnx (or .pt2) file to write"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "pt2"),
+        default="onnx",
+        help="onnx (checked with onnxruntime) or pt2 (torch.export + AOTInductor package)",
+    )
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="allowed relative error")
@@ -145,15 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = _example_error(model, example, dynamic_batch=not ns.fixed_batch)
         if problem is not None:
             parser.error(f"argument -s/--input-shape: {problem}")
-        report = to_onnx(
-            model,
-            (example,),
-            ns.output,
-            dynamic_batch=not ns.fixed_batch,
-            opset=ns.opset,
-            rtol=ns.rtol,
-            check=not ns.no_check,
-        )
+        report: object
+        if ns.format == "pt2":
+            report = to_pt2(
+                model,
+                (example,),
+                ns.output,
+                dynamic_batch=not ns.fixed_batch,
+                rtol=ns.rtol,
+                check=not ns.no_check,
+            )
+        else:
+            report = to_onnx(
+                model,
+                (example,),
+                ns.output,
+                dynamic_batch=not ns.fixed_batch,
+                opset=ns.opset,
+                rtol=ns.rtol,
+                check=not ns.no_check,
+            )
     except (ExportError, TypeError, ValueError, RuntimeError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

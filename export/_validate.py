@@ -73,12 +73,12 @@ def _args(args: Any, dynamic_batch: bool) -> tuple[Tensor, ...]:
     return tuple(parts)
 
 
-def _path(path: Any) -> Path:
+def _path(path: Any, suffix: str = ".onnx") -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     out = Path(path)
-    if out.suffix != ".onnx":
-        raise ValueError(f"path must end in .onnx, got {str(out)!r}")
+    if out.suffix != suffix:
+        raise ValueError(f"path must end in {suffix}, got {str(out)!r}")
     if out.is_dir():
         raise ValueError(f"path must name a file, got the directory {str(out)!r}")
     return out

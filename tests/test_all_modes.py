@@ -95,8 +95,8 @@ def cases(*modes: str) -> list:
             for mode in modes:
                 if scheme in FIXED_ONLY and grid == "adaptive":
                     continue
-                if scheme == "bosh3_auto" and mode == "inductor":
-                    continue  # same code as bosh3 under inductor; aot_eager covers "auto"
+                if scheme in ("bosh3_auto", "alf_damped") and mode == "inductor":
+                    continue  # same code as bosh3 / alf under inductor; aot_eager covers them
                 out.append(pytest.param(scheme, grid, mode, id=f"{scheme}-{grid}-{mode}"))
     return out
 

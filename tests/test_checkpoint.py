@@ -237,22 +237,8 @@ def test_forward_mode_equals_backprop() -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("grid", [{"n_steps": 9}, {"rtol": 1e-5, "atol": 1e-7, "max_steps": 60}])
-def test_compiled_equals_eager(grid: dict) -> None:
-    field, y0, t = problem()
-
-    def loss(y: Tensor, t_: Tensor) -> Tensor:
-        ys = odeint(field, y, t_, method="bosh3", coupling=None, gradient="checkpoint",
-                    checkpoints=4, **grid)  # fmt: skip
-        return ys.pow(2).sum()
-
-    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
-
-    def grads(fn) -> tuple[Tensor, ...]:
-        y, tt = y0.clone().requires_grad_(), t.clone().requires_grad_()
-        return torch.autograd.grad(fn(y, tt), [y, tt, *field.parameters()])
-
-    assert_close_all(grads(compiled), grads(loss), rtol=1e-10)
+# Compiled (aot_eager, inductor) against eager backprop, fixed and adaptive, with the time
+# gradient: tests/test_all_modes.py (test_checkpointed_gradients_in_every_mode_...).
 
 
 def test_compiled_graph_size_does_not_grow_with_the_steps() -> None:

@@ -40,11 +40,21 @@ def loops(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type in ("Loop", "Scan")]
 
 
-def test_an_adaptive_classifier_exports_as_one_loop_and_matches_torch(tmp_path: Path) -> None:
-    model = classifier(method="tsit5", rtol=1e-3, atol=1e-6)
-    path = tmp_path / "adaptive.onnx"
-    report = to_onnx(model, (torch.randn(5, 3),), path)
-    assert report.max_abs_error < 1e-4
+@pytest.fixture(scope="module")
+def adaptive_files(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
+    """The adaptive classifier exported at rtol 1e-3 and 1e-6 (each export takes seconds)."""
+    files = {}
+    for rtol in (1e-3, 1e-6):
+        path = tmp_path_factory.mktemp("adaptive") / f"{rtol}.onnx"
+        report = to_onnx(classifier(method="tsit5", rtol=rtol, atol=1e-6), (torch.randn(5, 3),),
+                         path)  # fmt: skip
+        assert report.max_abs_error < 1e-4
+        files[rtol] = path
+    return files
+
+
+def test_an_adaptive_classifier_exports_as_one_loop_and_matches_torch(adaptive_files) -> None:
+    model, path = classifier(method="tsit5", rtol=1e-3, atol=1e-6), adaptive_files[1e-3]
     assert loops(path) == ["Loop"]
     for batch in (1, 256):
         x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch))
@@ -53,13 +63,9 @@ def test_an_adaptive_classifier_exports_as_one_loop_and_matches_torch(tmp_path: 
         assert (run(path, x) - want).abs().max().item() < 1e-4
 
 
-def test_the_file_does_not_grow_with_the_tolerance(tmp_path: Path) -> None:
-    sizes = []
-    for rtol in (1e-3, 1e-6):
-        path = tmp_path / f"{rtol}.onnx"
-        to_onnx(classifier(method="tsit5", rtol=rtol, atol=1e-6), (torch.randn(4, 3),), path)
-        sizes.append(path.stat().st_size)
-    assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0]
+def test_the_file_does_not_grow_with_the_tolerance(adaptive_files) -> None:
+    small, large = (adaptive_files[r].stat().st_size for r in (1e-3, 1e-6))
+    assert abs(small - large) <= 0.01 * small
 
 
 def test_a_step_size_block_exports_with_its_counts_fixed_when_built(tmp_path: Path) -> None:
@@ -121,3 +127,52 @@ def test_the_export_package_imports_onnx_only_when_an_export_runs() -> None:
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "ERROR" in out.stdout and "pip install 'mali-func[onnx]'" in out.stdout
+
+
+# -- torch.export and AOTInductor packages --------------------------------------------------------
+
+
+def test_a_plain_torch_export_of_an_ode_block_runs_like_the_model() -> None:
+    model = classifier(n_steps=6)
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_an_adaptive_model_packages_runs_without_model_code_and_matches(tmp_path: Path) -> None:
+    from mali_func.export import load_pt2, to_pt2
+
+    model = classifier(method="tsit5", coupling=None, rtol=1e-3, atol=1e-6)
+    path = tmp_path / "model.pt2"
+    report = to_pt2(model, (torch.randn(5, 3),), path)
+    assert report.batches == (5, 1) and report.max_rel_error < 1e-4
+    runner = load_pt2(path)
+    x = torch.randn(64, 3)
+    with torch.no_grad():
+        assert (runner(x) - model(x)).abs().max().item() < 1e-4
+    script = Path(__file__).parents[1] / "examples" / "pt2_inference.py"
+    out = subprocess.run([sys.executable, str(script), str(path), "--shape", "3,3"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "predicted classes" in out.stdout
+
+
+def test_a_truncated_package_is_named_not_a_native_crash(tmp_path: Path) -> None:
+    from mali_func.export import ExportError, load_pt2
+
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"PK\x03\x04 not really a package")
+    with pytest.raises(ExportError, match=r"cannot load the \.pt2 package .*bad\.pt2"):
+        load_pt2(bad)
+    script = Path(__file__).parents[1] / "examples" / "pt2_inference.py"
+    out = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode != 0 and "bad.pt2" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_onnx_inference_example_runs_an_adaptive_model(adaptive_files) -> None:
+    script = Path(__file__).parents[1] / "examples" / "onnx_inference.py"
+    out = subprocess.run([sys.executable, str(script), str(adaptive_files[1e-3])],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
