@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from ._batch import resized, second_batch
+from ._batch import observed_sizes, resized, second_batch, taken_sizes, trace_batches
 from ._errors import ExportError
 from ._trace import BATCH, _root_cause, inference_mode_of
 from ._validate import _args, _path, _rtol
@@ -105,8 +105,18 @@ def to_pt2(
         if dynamic_batch:
             batch = torch.export.Dim(BATCH, min=1)
             shapes = tuple({0: batch} for _ in example)
+        traced = example
+        if dynamic_batch:  # not at a size the model itself has (or 1, which tracing fixes)
+            with torch.no_grad():
+                sizes = trace_batches(
+                    example[0].shape[0],
+                    taken_sizes(model, example),
+                    observed_sizes(model, example),
+                )
+            if sizes[0] != example[0].shape[0]:
+                traced = resized(example, sizes[0])
         try:
-            program = torch.export.export(model, example, dynamic_shapes=shapes)
+            program = torch.export.export(model, traced, dynamic_shapes=shapes)
         except Exception as err:
             root = _root_cause(err)
             raise ExportError(

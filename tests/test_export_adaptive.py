@@ -145,8 +145,9 @@ def test_an_adaptive_model_packages_runs_without_model_code_and_matches(tmp_path
 
     model = classifier(method="tsit5", coupling=None, rtol=1e-3, atol=1e-6)
     path = tmp_path / "model.pt2"
-    report = to_pt2(model, (torch.randn(5, 3),), path)
-    assert report.batches == (5, 1) and report.max_rel_error < 1e-4
+    report = to_pt2(model, (torch.randn(1, 3),), path)  # batch 1: traced at another size
+    assert report.batches[0] == 1 and len(report.batches) == 2
+    assert report.max_rel_error < 1e-4
     runner = load_pt2(path)
     x = torch.randn(64, 3)
     with torch.no_grad():
