@@ -115,10 +115,16 @@ def bind_field(
         return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
 
     module = func
+    # Batch-norm running statistics are state, not inputs: differentiating them (as torch.func
+    # does with every input) is an error in batch_norm.
+    stats = {
+        id(b) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var) if b is not None
+    }  # fmt: skip
     named = [
         (name, x)
         for name, x in (*module.named_parameters(), *module.named_buffers())
-        if x.is_floating_point() or x.is_complex()
+        if (x.is_floating_point() or x.is_complex()) and id(x) not in stats
     ]
     names = tuple(name for name, _ in named)
     own = tuple(x for _, x in named)

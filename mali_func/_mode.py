@@ -61,5 +61,36 @@ def is_concrete(x: Tensor) -> bool:
 
 
 def under_transform() -> bool:
-    """True inside a :mod:`torch.func` transform (``grad``, ``vmap``, ``jvp``...)."""
+    """True inside a :mod:`torch.func` transform (``grad``, ``vmap``, ``jvp``...); also while
+    ``torch.compile`` traces one (dynamo runs the check while tracing, and the transforms' levels
+    are live then)."""
+    if torch.compiler.is_compiling():
+        return _traced_transform()
     return torch._C._functorch.maybe_current_level() is not None
+
+
+def under_vmap() -> bool:
+    """True inside :func:`torch.func.vmap` (per-sample code), eagerly or while traced."""
+    if torch.compiler.is_compiling():
+        return _traced_vmap()
+    return _vmap_level()
+
+
+@torch.compiler.assume_constant_result
+def _traced_transform() -> bool:
+    # Dynamo cannot trace the functorch query itself; it runs this function once while tracing
+    # and keeps the answer as a constant of the graph (a graph traced under a transform is always
+    # run under it).
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+@torch.compiler.assume_constant_result
+def _traced_vmap() -> bool:
+    return _vmap_level()
+
+
+def _vmap_level() -> bool:
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(i.key() == vmap for i in retrieve_all_functorch_interpreters())

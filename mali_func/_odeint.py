@@ -38,6 +38,7 @@ from ._forward_mode import solve
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
 from ._solve import Spec, forward
+from ._traced_transforms import check_per_sample, check_traced_transform, vmap_traced_functions
 from .schemes import (
     COUPLING_DEFAULT,
     TABLEAUS,
@@ -170,6 +171,7 @@ def odeint(
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
     check_replayable(func, gradient)
+    check_per_sample(func)
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (t, *state, *bound.params)):
         check_scheme(scheme, adaptive=steps is None, gradient=gradient)  # only when it matters
@@ -237,10 +239,17 @@ def _dispatch(
     wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
     python = loops_for(_mode.Mode.EAGER)
     n: Tensor | None = None
+    if mode is _mode.Mode.COMPILE and _mode.under_transform():
+        # torch 2.13: no while_loop inside a traced transform; the steps are unrolled
+        # (mali_func._traced_transforms).
+        check_traced_transform(adaptive=tol is not None, gradient=gradient)
+        loops = python
+        if _mode.under_vmap():
+            vmap_traced_functions()
     if mode is _mode.Mode.COMPILE and gradient == "checkpoint" and wants_grad:
         most = sum(steps) if steps is not None else tol.max_steps if tol is not None else 0
         check_traced_plan(most, checkpoints, adaptive=steps is None)
-    if mode is _mode.Mode.COMPILE and steps is not None:
+    if mode is _mode.Mode.COMPILE and steps is not None and loops is not python:
         if gradient == "checkpoint":
             pass  # static counts: level sizes are shapes (a new n_steps compiles again)
         elif gradient == "backprop" or any(s != steps[0] for s in steps):
