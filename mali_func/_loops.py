@@ -74,7 +74,10 @@ class PythonLoops:
 
     mode = Mode.EAGER
 
-    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+    def fori(
+        self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False,
+        unroll: int = 1,
+    ):  # fmt: skip
         for j in range(int(n) - 1, -1, -1) if reverse else range(int(n)):
             carry = body(j, carry)
         return carry
@@ -193,20 +196,39 @@ class WhileLoops:
 
     mode = Mode.COMPILE
 
-    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+    def fori(
+        self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False,
+        unroll: int = 1,
+    ):  # fmt: skip
+        """``unroll`` bodies per iteration of a first ``while_loop`` while that many steps are left,
+        then one per iteration: fewer iterations (each costs the compiled wrapper a round trip)
+        for ``unroll + 1`` traced copies of ``body``."""
         _no_donated_buffers()
         leaves, rebuild = _flatten(carry)
         leaves = [x.clone(memory_format=torch.contiguous_format) for x in leaves]
 
-        def step(j: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-            j = j - 1 if reverse else j
-            return (j if reverse else j + 1, *_tensors(body(j, rebuild(xs))))
+        def steps(k: int) -> Callable[..., tuple[Tensor, ...]]:
+            def step(j: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+                c = rebuild(xs)
+                for _ in range(k):
+                    if reverse:
+                        j = j - 1
+                        c = body(j, c)
+                    else:
+                        c, j = body(j, c), j + 1
+                return (j, *_tensors(c))
+
+            return step
 
         if reverse:
-            start, cond = _counter(leaves[0], n), (lambda j, *_: j > 0)
-        else:
-            start, cond = _counter(leaves[0]), (lambda j, *_: j < n)
-        return rebuild(while_loop(cond, step, (start, *leaves))[1:])
+            loop: tuple[Tensor, ...] = (_counter(leaves[0], n), *leaves)
+            if unroll > 1:
+                loop = while_loop(lambda j, *_: j >= unroll, steps(unroll), loop)
+            return rebuild(while_loop(lambda j, *_: j > 0, steps(1), loop)[1:])
+        loop = (_counter(leaves[0]), *leaves)
+        if unroll > 1:
+            loop = while_loop(lambda j, *_: j + unroll <= n, steps(unroll), loop)
+        return rebuild(while_loop(lambda j, *_: j < n, steps(1), loop)[1:])
 
     def while_(
         self,
@@ -247,7 +269,10 @@ class ScanLoops:
 
     mode = Mode.EXPORT
 
-    def fori(self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False):
+    def fori(
+        self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False,
+        unroll: int = 1,
+    ):  # fmt: skip
         if reverse:
             raise NotImplementedError("export traces the forward pass only")
         leaves, rebuild = _flatten(carry)

@@ -39,6 +39,7 @@ from ._loops import PYTHON, Loops, PythonLoops, ScanLoops, take
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
+UNROLL = 4  # steps per compiled loop iteration (benchmarks/extras.py: the compiled step)
 N_STATS = len(SolveStats._fields)
 
 
@@ -81,7 +82,7 @@ def forward(
         # Outputs ride through the steps only when steps record them (a carry passed through a
         # while_loop unchanged is refused); ``None`` entries are not carried.
         inner = (x, outs if grid.step_outputs else None, rows)
-        x, stepped, rows = loops.fori(grid.length(s), body, inner)
+        x, stepped, rows = loops.fori(grid.length(s), body, inner, unroll=UNROLL)
         outs = stepped if grid.step_outputs else outs
         return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
 
@@ -138,7 +139,7 @@ def reverse(
                 acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
             return prev, a_prev, acc, acc_t
 
-        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True)
+        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True, unroll=UNROLL)
         # The output at the segment's start time: t_s (uniform), t_0 (recorded).
         a = (*(c + take(g, s) for c, g in zip(a, g_out)), *a[n_out:])
         return x, a, acc, acc_t
