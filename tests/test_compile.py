@@ -142,3 +142,29 @@ def test_changing_a_scheme_option_between_compiled_calls_equals_eager(option, va
     for value in values:
         ref = grads(loss, field, y0, t, value)
         assert_close_all(grads(compiled, field, y0, t, value), ref, rtol=1e-5)
+
+
+def test_a_runge_kutta_solve_compiles_first_thing_in_a_fresh_process() -> None:
+    """Nothing a scheme computes lazily may be first read inside a compiled loop body (dynamo
+    cannot trace ``functools.cached_property``); in this process eager tests have warmed
+    everything, so the check runs in a new one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, mali_func\n"
+        "f = torch.nn.Linear(2, 2)\n"
+        "t = torch.tensor([0.0, 1.0])\n"
+        "def loss(y):\n"
+        "    return mali_func.odeint(lambda s, z, w, b: torch.nn.functional.linear(z, w, b),\n"
+        "        y, t, n_steps=3, method='rk4', args=(f.weight, f.bias))[-1].sum()\n"
+        "grads = []\n"
+        "for fn in (torch.compile(loss, backend='aot_eager', fullgraph=True), loss):\n"
+        "    y = torch.ones(4, 2).mul(0.3).requires_grad_()\n"
+        "    fn(y).backward()\n"
+        "    grads.append(y.grad)\n"
+        "print(float((grads[0] - grads[1]).abs().max()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-6

@@ -18,9 +18,8 @@ Tsitouras (2011).
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -49,6 +48,7 @@ class ButcherTableau:
     order: int
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
+    _stability: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = len(self.b)
@@ -69,20 +69,23 @@ class ButcherTableau:
                 raise ValueError(f"tableau {self.name}: b_error must have {s} entries")
             if not math.isclose(sum(self.b_error), 0.0, abs_tol=1e-12):
                 raise ValueError(f"tableau {self.name}: b_error must sum to 0")
+        coeffs, v = [1.0], [1.0] * self.stages
+        for _ in range(self.stages):
+            coeffs.append(sum(b * x for b, x in zip(self.b, v)))
+            v = [sum(a * x for a, x in zip(row, v)) for row in self.a]
+        object.__setattr__(self, "_stability", tuple(coeffs))
 
     @property
     def stages(self) -> int:
         return len(self.b)
 
-    @functools.cached_property
+    @property
     def stability_coefficients(self) -> tuple[float, ...]:
         """``(1, b^T 1, b^T A 1, b^T A^2 1, ...)``: the coefficients of ``R(w)`` in powers of
-        ``w`` (``A`` is strictly lower triangular, so there are at most ``s + 1``)."""
-        coeffs, v = [1.0], [1.0] * self.stages
-        for _ in range(self.stages):
-            coeffs.append(sum(b * x for b, x in zip(self.b, v)))
-            v = [sum(a * x for a, x in zip(row, v)) for row in self.a]
-        return tuple(coeffs)
+        ``w`` (``A`` is strictly lower triangular, so there are at most ``s + 1``). Computed at
+        construction: a lazy (cached) property would first be read inside a compiled loop body,
+        where dynamo cannot trace ``cached_property``'s lock."""
+        return self._stability
 
     def stability(self, w: Tensor) -> Tensor:
         """The stability function ``R(w) = 1 + w b^T (I - w A)^{-1} 1`` (one step of ``y' = mu
