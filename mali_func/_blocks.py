@@ -113,6 +113,7 @@ _ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step")
 _ODEINT_OPTIONS = {
     *_ADAPTIVE_OPTIONS,
     "checkpoints",
+    "unroll",
     "n_steps",
     "step_size",
     "method",

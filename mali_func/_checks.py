@@ -149,6 +149,13 @@ def steps_for(spans: Sequence[float], step_size: float, slack: float = 1e-12) ->
     return tuple(max(1, math.ceil(c)) for c in counts)
 
 
+def check_unroll(unroll: Any) -> None:
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(
+            f"unroll must be an int >= 1 (steps per compiled loop iteration), got {unroll!r}"
+        )
+
+
 def check_options(
     gradient: Any,
     reconstruction_tol: Any,

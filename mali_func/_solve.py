@@ -39,7 +39,6 @@ from ._loops import PYTHON, Loops, PythonLoops, ScanLoops, take
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
-UNROLL = 4  # steps per compiled loop iteration (benchmarks/extras.py: the compiled step)
 N_STATS = len(SolveStats._fields)
 
 
@@ -57,6 +56,7 @@ def forward(
     params: Params,
     n_out: int,
     keep: Checkpointer | None = None,
+    unroll: int = 1,
 ) -> tuple[State, State, Any]:
     """Run every step of ``grid``; return the solution at every ``t_i``, the final state and,
     with ``keep`` (one-segment grids), level 0 of a checkpointed gradient."""
@@ -82,7 +82,7 @@ def forward(
         # Outputs ride through the steps only when steps record them (a carry passed through a
         # while_loop unchanged is refused); ``None`` entries are not carried.
         inner = (x, outs if grid.step_outputs else None, rows)
-        x, stepped, rows = loops.fori(grid.length(s), body, inner, unroll=UNROLL)
+        x, stepped, rows = loops.fori(grid.length(s), body, inner, unroll=unroll)
         outs = stepped if grid.step_outputs else outs
         return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
 
@@ -110,6 +110,7 @@ def reverse(
     g_out: State,
     params: Params,
     time_grad: bool,
+    unroll: int = 1,
 ) -> tuple[State, State, tuple[Tensor | None, ...], Tensor | None]:
     """Walk ``grid`` backwards from ``final`` with cotangent ``cot``.
 
@@ -139,7 +140,7 @@ def reverse(
                 acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
             return prev, a_prev, acc, acc_t
 
-        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True, unroll=UNROLL)
+        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True, unroll=unroll)
         # The output at the segment's start time: t_s (uniform), t_0 (recorded).
         a = (*(c + take(g, s) for c, g in zip(a, g_out)), *a[n_out:])
         return x, a, acc, acc_t
@@ -166,6 +167,7 @@ class Spec:
     replay: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     checkpoint: bool = False  # gradient="checkpoint" (fixed grids need ``counts``)
     budget: int | None = None  # its ``checkpoints``; None: the default of ``plan``
+    unroll: int = 1  # steps per iteration of a compiled loop (``odeint(unroll=)``)
 
     def checkpointer(self, grid: Grid, params: Params, n_steps: int) -> Checkpointer:
         return Checkpointer(
@@ -207,8 +209,9 @@ class Solve(torch.autograd.Function):
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
             trajs, final, _ = forward(
-                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out
-            )
+                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out,
+                unroll=spec.unroll,
+            )  # fmt: skip
             return (*trajs, *final[spec.n_out :])
         trajs, final, records, count, stats = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
@@ -271,8 +274,9 @@ class Solve(torch.autograd.Function):
         final = (*(y[-1] for y in trajs), *aux)
         with spec.replay():
             state, cot, acc, grad_t = reverse(
-                spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad
-            )
+                spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad,
+                unroll=spec.unroll,
+            )  # fmt: skip
         error = reconstruction_error(state, state0)
         warn_if_drifted(error, spec.reconstruction_tol)
         return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)

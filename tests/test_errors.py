@@ -36,6 +36,8 @@ def f(t, y):
         ({"t": [0.0, math.nan]}, ValueError, "t must be finite"),
         ({"t": "0 1"}, TypeError, "t must be a 1-D tensor"),
         ({"rtol": 1e-3}, ValueError, "rtol apply to adaptive solves only"),
+        ({"unroll": 0}, ValueError, "unroll must be an int >= 1"),
+        ({"unroll": 2.0}, ValueError, "unroll must be an int >= 1"),
         ({"n_steps": None, "rtol": -1.0}, ValueError, "rtol must be non-negative"),
         ({"n_steps": None, "atol": "1"}, TypeError, "atol must be a real number"),
         ({"n_steps": None, "rtol": 0.0, "atol": 0.0}, ValueError, "cannot both be 0"),
