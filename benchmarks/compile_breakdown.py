@@ -1,0 +1,646 @@
+"""Where the compile time of a compiled MALI training step goes: dynamo, AOTAutograd, inductor.
+
+Two problems, each a training step compiled with ``torch.compile(fullgraph=True)`` (default
+inductor backend):
+
+* ``digits``: the main job (``examples/digits_classifier.py``): ``DigitsModel`` (conv field,
+  6 ALF steps, MALI, a ``DriftMonitor``), ``CrossEntropyLoss(label_smoothing=0.05)`` of a batch
+  of 64 compiled, then backward, Adam and the one-cycle schedule eagerly, as the main job does;
+* ``mlp``: the compile benchmark's step (``_training_step`` in ``benchmarks/extras.py``): field
+  ``Linear(2,64)-tanh-Linear(64,2)``, batch 256, 20 steps, ``mean(z(1)^2)``, MALI.
+
+Each measurement runs in a fresh process with ``TORCHINDUCTOR_COMPILE_THREADS=1`` and one torch
+thread. *cold*: an empty ``TORCHINDUCTOR_CACHE_DIR``; *warm*: a second fresh process on the same
+cache directory. *opt-in* (``--opt-in``): the same cold/warm pair with the two caches this solve
+bypasses by default switched on (``unsafe_marked_cacheable_functions`` for ``while_loop``,
+``autograd_cache_allow_custom_autograd_functions``), to show what a cache hit would save; its
+loss and gradients are compared with the default cold run's.
+
+The phases come from ``torch._dynamo.utils.compile_times`` (``dynamo_timed`` spans, seconds,
+nested), split into parts that do not overlap:
+
+* dynamo: ``_compile.compile_inner`` less ``OutputGraph.call_user_compiler`` (bytecode tracing,
+  guards);
+* AOTAutograd: ``call_user_compiler`` less inductor's forward compile, plus the lazy backward
+  compile (``backward._backward_impl``) less inductor's backward compile (joint tracing, joint
+  passes, partitioning; a cache lookup on a hit);
+* inductor: ``compile_fx.<locals>.fw_compiler_base`` + ``bw_compiler``, split into the C++
+  compiler's runs (``compile_file``) and the rest (lowering, scheduling, Python codegen);
+* rest: the first step's wall time less all of the above (running that step, Adam, guards).
+
+A second kind of child counts how often dynamo traces the field's ``forward`` per compile (it
+counts dynamo's inlining of the field's ``forward`` code, grouped by the function it is called
+from) and how many field copies end in the graphs (conv or linear calls in the dynamo graph and
+its subgraphs; aten ops in AOTAutograd's forward and backward graphs), for ALF and for
+``method="rk4"`` (the reversible coupling, ``coupling="auto"``).
+
+    python benchmarks/compile_breakdown.py [--problems digits mlp] [--methods alf rk4]
+        [--opt-in] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parent / "examples"
+PROBLEMS = ("digits", "mlp")
+TRACE_METHODS = ("alf", "rk4")
+COMMAND = "python benchmarks/compile_breakdown.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# The problems (built in the child, after its environment is set)
+# ---------------------------------------------------------------------------------------------
+
+
+def _digits_step(method: str) -> tuple[Any, Callable[[], Any], Callable[[Any], Any], Any]:
+    """The main job's step: ``(field, compute_loss, step(loss_fn), model)``."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(EXAMPLES))
+    from digits_parts import DigitsModel, load_digits_split
+
+    from mali_func import DriftMonitor
+
+    torch.manual_seed(0)
+    data = load_digits_split()
+    model = DigitsModel(n_steps=6, monitor=DriftMonitor())
+    if method != "alf":
+        model.ode.options["method"] = method
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=100)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    monitor = model.ode.options["monitor"]
+    x, y = data["x_train"][:64], data["y_train"][:64]
+
+    def compute_loss(x_: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(x_), y_)
+
+    def step(fn: Callable[..., torch.Tensor]) -> float:
+        loss = fn(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        value = loss.item()
+        if monitor.error is not None:
+            monitor.error.item()
+            monitor.reset()
+        return value
+
+    return model.ode.field, compute_loss, step, model
+
+
+def _mlp_step(method: str) -> tuple[Any, Callable[..., Any], Callable[[Any], Any], Any]:
+    """The compile benchmark's step (``benchmarks/extras.py``): no optimizer, gradients only."""
+    import torch
+    from torch import nn
+
+    import mali_func
+
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2))
+
+        def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return self.net(z)
+
+    field = Field()
+    torch.manual_seed(1)
+    y0 = torch.randn(256, 2)
+    t = torch.tensor([0.0, 1.0])
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        ys = mali_func.odeint(field, y, t, n_steps=20, gradient="mali", method=method)
+        return ys[-1].pow(2).mean()
+
+    def step(fn: Callable[..., torch.Tensor]) -> float:
+        for p in field.parameters():
+            p.grad = None
+        out = fn(y0)
+        out.backward()
+        return out.item()
+
+    return field, loss, step, field
+
+
+def _prewarm(method: str) -> None:
+    """Fill ``ButcherTableau.stability_coefficients`` (a ``functools.cached_property``) eagerly.
+
+    Workaround: in torch 2.13 dynamo cannot trace the lock that Python 3.11's ``cached_property``
+    takes on its first read, and under ``coupling="auto"`` that first read happens inside the
+    forward ``while_loop`` body (``CoupledRK._split``): a compiled coupled solve in a fresh process
+    fails with ``UncapturedHigherOrderOpError: ... Unsupported context manager`` unless an eager
+    solve ran first.
+    """
+    if method == "alf":
+        return
+    from mali_func.schemes._tableau import TABLEAUS
+
+    _ = TABLEAUS[method].stability_coefficients
+
+
+BUILDERS = {"digits": _digits_step, "mlp": _mlp_step}
+
+
+def _grad_signature(module: Any) -> list[float]:
+    """Sum and sum of squares of every parameter (after a step: the updated weights or grads)."""
+    out: list[float] = []
+    for p in module.parameters():
+        x = p.grad if p.grad is not None else p.detach()
+        out += [float(x.double().sum()), float(x.double().square().sum())]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Child 1: one timed first compiled step
+# ---------------------------------------------------------------------------------------------
+
+
+def _opt_in() -> None:
+    """Let the FX graph cache and the AOTAutograd cache take this solve's graphs."""
+    import torch
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.unsafe_marked_cacheable_functions = {
+        "torch.ops.higher_order.while_loop": torch.__version__
+    }
+    functorch_config.autograd_cache_allow_custom_autograd_functions = True
+
+
+class _BypassLog:
+    """Collects the caches' bypass reasons from their loggers."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.reasons: list[str] = []
+        log = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                if "ypass" in message:
+                    message = " ".join(message.split())[:160]
+                    log.reasons.append(f"{record.name.rsplit('.', 1)[-1]}: {message}")
+
+        for name in ("torch._inductor.codecache", "torch._functorch._aot_autograd.autograd_cache"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.INFO)
+            logger.addHandler(Handler())
+
+
+def _metrics() -> dict[str, dict[str, float]]:
+    """``compile_times`` as ``{span: {"s": total seconds, "n": count}}``."""
+    from torch._dynamo.utils import compile_times
+
+    names, _ = compile_times(repr="csv", aggregate=True)
+    _, each = compile_times(repr="csv", aggregate=False)
+    out = {}
+    for name, values in zip(names, each):
+        parts = [float(v) for v in str(values).split(", ") if v]
+        out[name] = {"s": sum(parts), "n": len(parts)}
+    return out
+
+
+def _phases(m: dict[str, dict[str, float]], first_s: float) -> dict[str, float]:
+    def s(key: str) -> float:
+        return m.get(key, {}).get("s", 0.0)
+
+    dynamo_total = s("_compile.compile_inner")
+    backend = s("OutputGraph.call_user_compiler")
+    ind_fw, ind_bw = s("compile_fx.<locals>.fw_compiler_base"), s("compile_fx.<locals>.bw_compiler")
+    bwd = s("backward._backward_impl")
+    cxx = s("compile_file")
+    inductor = ind_fw + ind_bw
+    aot = (backend - ind_fw) + (bwd - ind_bw)
+    dynamo = dynamo_total - backend
+    return {
+        "first_step_s": first_s,
+        "dynamo_s": dynamo,
+        "bytecode_tracing_s": s("bytecode_tracing"),
+        "aot_s": aot,
+        "inductor_s": inductor,
+        "inductor_fw_s": ind_fw,
+        "inductor_bw_s": ind_bw,
+        "cxx_compile_s": cxx,
+        "cxx_compiles": m.get("compile_file", {}).get("n", 0),
+        # On an AOTAutograd cache hit inductor is not entered; the kernels' load is in ``aot_s``.
+        "inductor_rest_s": max(inductor - cxx, 0.0),
+        "lowering_s": s("GraphLowering.run"),
+        "rest_s": first_s - dynamo_total - bwd,
+    }
+
+
+def time_child(problem: str, method: str, opt_in: bool) -> dict[str, Any]:
+    """The first compiled step in this (fresh) process, its phases and the caches' counters."""
+    import torch
+
+    torch.set_num_threads(1)
+    from torch._dynamo.utils import counters
+
+    bypass = _BypassLog()
+    if opt_in:
+        _opt_in()
+    _prewarm(method)
+    _, compute_loss, step, module = BUILDERS[problem](method)
+    compiled = torch.compile(compute_loss, fullgraph=True)
+    load = os.getloadavg()[0]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    loss = step(compiled)
+    first_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cxx_cpu_s = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    signature = _grad_signature(module)
+    metrics = _metrics()
+    warm = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step(compiled)
+        warm.append(time.perf_counter() - start)
+    return {
+        "problem": problem,
+        "method": method,
+        "opt_in": opt_in,
+        "loss": loss,
+        "signature": signature,
+        "warm_step_s": min(warm),
+        "first_step_cpu_s": cpu_s + cxx_cpu_s,
+        "cxx_cpu_s": cxx_cpu_s,
+        "load_average": load,
+        "phases": _phases(metrics, first_s),
+        "metrics": metrics,
+        "counters": {k: dict(counters[k]) for k in ("stats", "aot_autograd", "inductor")},
+        "bypass": sorted(set(bypass.reasons)),
+        "threads": torch.get_num_threads(),
+        "compile_threads": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Child 2: how often the field is traced, and how many copies the graphs hold
+# ---------------------------------------------------------------------------------------------
+
+
+def _caller_chain(tracer: Any, depth: int = 3) -> str:
+    """The names of the nearest ``depth`` mali_func functions the traced call sits in."""
+    names = []
+    frame = getattr(tracer, "parent", None)
+    while frame is not None and len(names) < depth:
+        code = getattr(frame, "f_code", None)
+        if code is not None and f"{os.sep}mali_func{os.sep}" in code.co_filename:
+            names.append(code.co_name)
+        frame = getattr(frame, "parent", None)
+    return " < ".join(names)
+
+
+def _op_counts(gm: Any, targets: dict[str, Any]) -> dict[str, int]:
+    """Calls of each target over a graph module and all its subgraphs (``while_loop`` bodies,
+    autograd.Function bodies)."""
+    import torch
+
+    counts = dict.fromkeys(targets, 0)
+    nodes = 0
+    for module in gm.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            nodes += node.op == "call_function"
+            for name, target in targets.items():
+                counts[name] += node.op == "call_function" and node.target in target
+    counts["call_function nodes"] = nodes
+    counts["graph modules"] = sum(isinstance(m, torch.fx.GraphModule) for m in gm.modules())
+    return counts
+
+
+def trace_child(problem: str, method: str) -> dict[str, Any]:
+    """Count dynamo's traces of the field's ``forward`` and the field copies in each graph."""
+    import torch
+    from torch._dynamo import symbolic_convert
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    torch.set_num_threads(1)
+    _prewarm(method)
+    field, compute_loss, step, _ = BUILDERS[problem](method)
+    code = type(field).forward.__code__
+    callers: Counter[str] = Counter()
+    original = symbolic_convert.InliningInstructionTranslator.build_inline_tracer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        tracer = original(*args, **kwargs)
+        if tracer.f_code is code:
+            callers[_caller_chain(tracer)] += 1
+        return tracer
+
+    symbolic_convert.InliningInstructionTranslator.build_inline_tracer = staticmethod(counting)
+    aten = torch.ops.aten
+    if problem == "digits":
+        dynamo_ops = {"conv2d": {torch.conv2d, torch.nn.functional.conv2d}}
+        aten_ops = {
+            "convolution": {aten.convolution.default},
+            "convolution_backward": {aten.convolution_backward.default},
+        }
+    else:
+        dynamo_ops = {"linear": {torch._C._nn.linear, torch.nn.functional.linear}}
+        aten_ops = {
+            "addmm": {aten.addmm.default},
+            "mm": {aten.mm.default},
+            "tanh": {aten.tanh.default},
+            "tanh_backward": {aten.tanh_backward.default},
+        }
+    graphs: dict[str, dict[str, int]] = {}
+
+    def compiler(kind: str) -> Callable[[Any, Any], Any]:
+        def compile_(gm: Any, example_inputs: Any) -> Any:
+            graphs[kind] = _op_counts(gm, aten_ops)
+            return make_boxed_func(gm.forward)
+
+        return compile_
+
+    aot = aot_autograd(
+        fw_compiler=compiler("aot forward"),
+        bw_compiler=compiler("aot backward"),
+        partition_fn=min_cut_rematerialization_partition,
+    )
+
+    def backend(gm: Any, example_inputs: Any) -> Any:
+        graphs["dynamo"] = _op_counts(gm, dynamo_ops)
+        return aot(gm, example_inputs)
+
+    compiled = torch.compile(compute_loss, fullgraph=True, backend=backend)
+    step(compiled)
+    from torch._dynamo.utils import counters
+
+    return {
+        "problem": problem,
+        "method": method,
+        "field_traces": sum(callers.values()),
+        "callers": dict(callers),
+        "graphs": graphs,
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "compile_attempts": len([k for k in _metrics() if k.startswith("compile_attempt_")]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: fresh processes, tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _child(args: list[str], cache: str | None) -> Any:
+    import subprocess
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+    }
+    if cache is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write(f"{' '.join(args)}: timed out\n")
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        sys.stderr.write(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}\n")
+        return None
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = time.perf_counter() - start
+    return out
+
+
+def measure(
+    problems: list[str],
+    methods: list[str],
+    opt_in: bool,
+    trace_methods: list[str],
+    repeats: int = 1,
+) -> dict[str, Any]:
+    timings: list[dict[str, Any]] = []
+    for problem in problems:
+        for method in methods:
+            for variant in (False, True) if opt_in else (False,):
+                for run in range(repeats):
+                    cache = tempfile.mkdtemp(prefix="inductor-cache-")
+                    try:
+                        for temperature in ("cold", "warm"):
+                            flag = "1" if variant else "0"
+                            r = _child(["time", problem, method, flag], cache)
+                            if r is None:
+                                continue
+                            r["cache"], r["run"] = temperature, run
+                            timings.append(r)
+                            print(
+                                f"{problem} {method} {'opt-in ' if variant else ''}{temperature}"
+                                f" #{run}: first step {r['phases']['first_step_s']:.1f} s wall,"
+                                f" {r['first_step_cpu_s']:.1f} s CPU,"
+                                f" load {r['load_average']:.1f}",
+                                file=sys.stderr,
+                            )
+                    finally:
+                        shutil.rmtree(cache, ignore_errors=True)
+    traces = []
+    for problem in problems:
+        for method in trace_methods:
+            cache = tempfile.mkdtemp(prefix="inductor-cache-")
+            try:
+                r = _child(["trace", problem, method], cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            if r is not None:
+                traces.append(r)
+    return {"timings": timings, "traces": traces}
+
+
+def _machine() -> dict[str, str]:
+    import subprocess
+
+    sys.path.insert(0, str(HERE))
+    from _common import machine
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=HERE.parent
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "mali_func")
+    return {
+        **machine(),
+        "commit": git("rev-parse", "--short", "HEAD") + (" + edits" if dirty else ""),
+    }
+
+
+def report(results: dict[str, Any], command: str) -> str:
+    sys.path.insert(0, str(HERE))
+    from _common import md_table
+
+    m = results["machine"]
+    lines = [
+        "# Where the compile time of a compiled MALI training step goes",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"mali_func at commit {m.get('commit', '?')}. "
+        f"{m['cpu']}, {m['cores']} cores (shared: *load* is the 1-minute load average when the "
+        "step started; other jobs ran on the machine, so wall and CPU seconds are inflated by "
+        f"about the load over 1-2), torch {m['torch']}; every figure a fresh process with "
+        "`TORCHINDUCTOR_COMPILE_THREADS=1`, one torch thread (`OMP_NUM_THREADS=1`). "
+        "*cold*: empty `TORCHINDUCTOR_CACHE_DIR`; *warm*: a second fresh process on the same "
+        "directory. Seconds, from "
+        "`torch._dynamo.utils.compile_times()` (see the script's docstring for the split); "
+        "*first step* is the wall time of the first compiled training step (forward, the lazy "
+        "backward compile, backward, optimizer), *warm step* the best of three after it.",
+        "",
+    ]
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    spread: dict[tuple[Any, ...], list[float]] = {}
+    for r in results["timings"]:
+        key = (r["problem"], r["method"], r["opt_in"], r["cache"])
+        spread.setdefault(key, []).append(r["phases"]["first_step_s"])
+        if key not in best or r["phases"]["first_step_s"] < best[key]["phases"]["first_step_s"]:
+            best[key] = r
+    rows = []
+    for key, r in best.items():
+        p, c = r["phases"], r["counters"]
+        fx = c["inductor"]
+        aot = c["aot_autograd"]
+        cache_state = (
+            f"fx {fx.get('fxgraph_cache_hit', 0)}h/{fx.get('fxgraph_cache_miss', 0)}m/"
+            f"{fx.get('fxgraph_cache_bypass', 0)}b, aot {aot.get('autograd_cache_hit', 0)}h/"
+            f"{aot.get('autograd_cache_miss', 0)}m/{aot.get('autograd_cache_bypass', 0)}b"
+        )
+        setting = f"{r['problem']} ({r['method']})" + (", opt-in caches" if r["opt_in"] else "")
+        runs = "/".join(f"{x:.0f}" for x in spread[key])
+        rows.append(
+            [setting, r["cache"], f"{p['first_step_s']:.1f} ({runs})",
+             f"{r['first_step_cpu_s']:.1f}", f"{r['load_average']:.1f}", f"{p['dynamo_s']:.1f}",
+             f"{p['aot_s']:.1f}", f"{p['inductor_s']:.1f}",
+             f"{p['cxx_compile_s']:.1f} ({p['cxx_compiles']})", f"{p['inductor_rest_s']:.1f}",
+             f"{p['rest_s']:.1f}", f"{r['warm_step_s']:.3f}", cache_state]
+        )  # fmt: skip
+    headers = ["problem", "cache", "first step (all runs)", "CPU", "load", "dynamo",
+               "AOTAutograd", "inductor", "of which C++ compile (runs)", "inductor rest",
+               "rest", "warm step", "caches hit/miss/bypass"]  # fmt: skip
+    lines += [md_table(headers, rows, "llrrrrrrrrrrl"), ""]
+    reasons = sorted({b for r in results["timings"] for b in r["bypass"]})
+    if reasons:
+        lines += ["Cache bypasses logged (default settings):", ""]
+        lines += [f"* `{b}`" for b in reasons]
+        lines.append("")
+    checks = []
+    by_key = best
+    for (problem, method, opt_in, cache), r in by_key.items():
+        ref = by_key.get((problem, method, False, "cold"))
+        if ref is None or (not opt_in and cache == "cold"):
+            continue
+        diff = max(
+            abs(a - b) / max(abs(b), 1e-30)
+            for a, b in zip(r["signature"], ref["signature"], strict=True)
+        )
+        checks.append(
+            f"* {problem} ({method}){' opt-in' if opt_in else ''} {cache}: loss "
+            f"{r['loss']:.6g} vs {ref['loss']:.6g}, parameters/gradients after the step differ "
+            f"by {diff:.1e} (relative, largest)"
+        )
+    if checks:
+        lines += ["Same step as the default cold run:", "", *checks, ""]
+    lines += [
+        "## Traces of the field per compile",
+        "",
+        "How often dynamo traces (inlines) the field's `forward` while compiling the step, by "
+        "the functions it is called from (innermost first), and the field's ops in each graph "
+        "including its `while_loop` / `autograd.Function` subgraphs: the dynamo graph "
+        "(`conv2d` for digits, 2 per field plus 1 of the stem; `linear` for mlp, 2 per field), "
+        "and AOTAutograd's forward and backward graphs (aten ops; digits' stem adds one "
+        "`convolution` and one `convolution_backward`). `rk4` is the reversible coupling with "
+        '`coupling="auto"`; its tableau\'s `stability_coefficients` (a `cached_property`) is '
+        "filled eagerly first, since a compiled coupled solve in a fresh process fails without "
+        "that (`_prewarm`).",
+        "",
+    ]
+    rows = []
+    for r in results["traces"]:
+        g = r["graphs"]
+        ops = ", ".join(
+            f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            for kind, counts in g.items()
+        )
+        where = "; ".join(f"{v} x `{k}`" for k, v in sorted(r["callers"].items()))
+        rows.append([f"{r['problem']} ({r['method']})", str(r["field_traces"]), where, ops])
+    lines.append(md_table(["problem", "field traces", "traced from", "ops in the graphs"], rows))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    parser.add_argument(
+        "--methods", nargs="+", default=["alf"], help="methods to time (default: alf)"
+    )
+    parser.add_argument(
+        "--trace-methods", nargs="+", default=list(TRACE_METHODS), help="methods to count"
+    )
+    parser.add_argument(
+        "--opt-in", action="store_true", help="also time with the bypassed caches switched on"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="cold/warm pairs per setting (the table: fastest)"
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--from-json", type=Path, help="re-render the markdown of a json")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    if ns.child:
+        kind, problem, method, *rest = ns.child
+        if kind == "time":
+            out = time_child(problem, method, rest == ["1"])
+        else:
+            out = trace_child(problem, method)
+        print(json.dumps(out))
+        return
+    sys.path.insert(0, str(HERE))
+    from _common import save_json, write
+
+    if ns.from_json:
+        results = json.loads(ns.from_json.read_text())
+        write(ns.out / "compile_breakdown.md", report(results, results["command"]))
+        print((ns.out / "compile_breakdown.md").read_text())
+        return
+    command = COMMAND + "".join(f" {a}" for a in sys.argv[1:])
+    results = measure(ns.problems, ns.methods, ns.opt_in, ns.trace_methods, ns.repeats)
+    results["machine"] = _machine()
+    results["command"] = command
+    write(ns.out / "compile_breakdown.md", report(results, command))
+    save_json(ns.out / "compile_breakdown.json", results)
+    print((ns.out / "compile_breakdown.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
