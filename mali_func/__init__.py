@@ -10,6 +10,7 @@ from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._drift import CouplingWarning, DriftMonitor, ReconstructionWarning
 from ._odeint import odeint, odeint_adjoint
+from ._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ButcherTableau",
     "CoupledRK",
     "CouplingWarning",
+    "DPODEBlock",
     "DriftMonitor",
     "ODEBlock",
     "ReconstructionWarning",
@@ -26,5 +28,6 @@ __all__ = [
     "SolveStats",
     "odeint",
     "odeint_adjoint",
+    "prepare_for_opacus",
 ]
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "ButcherTableau",
         "CoupledRK",
         "CouplingWarning",
+        "DPODEBlock",
         "DriftMonitor",
         "ODEBlock",
         "ReconstructionWarning",
@@ -41,6 +42,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "SolveStats",
         "odeint",
         "odeint_adjoint",
+        "prepare_for_opacus",
     }
     assert set(mali_func.__all__) == expected
     assert not hasattr(mali_func, "Chain") and not hasattr(mali_func, "ReversibleChain")

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from mali_func import ODEBlock
-from mali_func._privacy import DPODEBlock, prepare_for_opacus
+from mali_func import DPODEBlock, ODEBlock, prepare_for_opacus
 
 opacus = pytest.importorskip("opacus")
 
