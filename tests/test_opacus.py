@@ -3,12 +3,14 @@ vmap(grad) and a Python loop, and its DP-SGD step clips and adds noise as config
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import MLPField
+from helpers import EXAMPLES, load_example
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
@@ -167,6 +169,26 @@ def test_importing_mali_func_does_not_import_opacus() -> None:
     code = "import sys, mali_func, mali_func._privacy; print('opacus' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("engine", ["opacus", "vmap"])
+def test_private_digits_example_learns_within_its_privacy_budget(
+    engine: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn")
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    example = load_example("private_digits")
+    monkeypatch.setattr(sys, "argv", ["private_digits.py", "--engine", engine, "--epochs", "2"])
+    threads = torch.get_num_threads()
+    try:
+        example.main()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    epsilon = float(re.search(r"epsilon spent\s+\| ([0-9.]+)", out).group(1))
+    acc = float(re.search(r"\| test accuracy\s+\| ([0-9.]+)", out).group(1))
+    assert 7.5 < epsilon <= 8.05  # the accountant's epsilon, near the target, not above it
+    assert acc > 0.3  # chance is 0.1; two noisy epochs
 
 
 class AutonomousField(nn.Module):
