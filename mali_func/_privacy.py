@@ -47,6 +47,10 @@ class DPODEBlock(nn.Module):
         ValueError: the block returns states at several times (``t_eval``: the batch is then not
             the first axis of the output), or its field holds batch normalization or buffers,
             which mix samples or keep statistics of them (the error names the layer).
+
+    The field is not a child module (``named_modules``, ``apply`` and module hooks do not reach
+    it; ``.block`` does). Opacus copies the module once, when it attaches: set the block's
+    ``options`` before ``make_private``.
     """
 
     def __init__(self, block: ODEBlock) -> None:

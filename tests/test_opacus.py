@@ -178,7 +178,9 @@ def test_private_digits_example_learns_within_its_privacy_budget(
     pytest.importorskip("sklearn")
     monkeypatch.syspath_prepend(str(EXAMPLES))
     example = load_example("private_digits")
-    monkeypatch.setattr(sys, "argv", ["private_digits.py", "--engine", engine, "--epochs", "2"])
+    monkeypatch.setattr(
+        sys, "argv", ["private_digits.py", "--engine", engine, "--epochs", "3", "--n-steps", "2"]
+    )
     threads = torch.get_num_threads()
     try:
         example.main()
@@ -188,7 +190,7 @@ def test_private_digits_example_learns_within_its_privacy_budget(
     epsilon = float(re.search(r"epsilon spent\s+\| ([0-9.]+)", out).group(1))
     acc = float(re.search(r"\| test accuracy\s+\| ([0-9.]+)", out).group(1))
     assert 7.5 < epsilon <= 8.05  # the accountant's epsilon, near the target, not above it
-    assert acc > 0.3  # chance is 0.1; two noisy epochs
+    assert acc > 0.3  # chance is 0.1; three noisy epochs (0.45 and 0.59 seen)
 
 
 class AutonomousField(nn.Module):
