@@ -65,15 +65,21 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def run_child(script: Path, args: Sequence[str], timeout: float = CHILD_TIMEOUT_S) -> Any:
+def run_child(
+    script: Path,
+    args: Sequence[str],
+    timeout: float = CHILD_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> Any:
     """Run ``script --child *args`` in a fresh interpreter; its last stdout line, parsed as JSON.
 
+    ``env`` adds variables to the child's environment (one thread each for OpenMP and MKL).
     Returns ``None`` (and reports on stderr) when the child fails or runs past ``timeout``.
     """
     cmd = [sys.executable, str(script), "--child", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full)
     except subprocess.TimeoutExpired:
         sys.stderr.write(f"{script.name} {' '.join(args)}: timed out after {timeout:.0f} s\n")
         return None

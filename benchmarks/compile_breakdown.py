@@ -409,28 +409,15 @@ def trace_child(problem: str, method: str) -> dict[str, Any]:
 
 
 def _child(args: list[str], cache: str | None) -> Any:
-    import subprocess
+    from _common import run_child
 
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TORCHINDUCTOR_COMPILE_THREADS": "1",
-    }
+    env = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
     if cache is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    except subprocess.TimeoutExpired:
-        sys.stderr.write(f"{' '.join(args)}: timed out\n")
-        return None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        sys.stderr.write(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}\n")
-        return None
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_s"] = time.perf_counter() - start
+    out = run_child(Path(__file__).resolve(), args, timeout=900, env=env)
+    if out is not None:
+        out["process_s"] = time.perf_counter() - start
     return out
 
 
