@@ -192,6 +192,7 @@ def _training_step(
     new_steps: Sequence[int] = (),
     repeats: int = 10,
     method: str = "alf",
+    unroll: int = 1,
 ) -> dict[str, Any]:
     """Eager and compiled MALI training steps in this process, compiled into an empty cache.
 
@@ -212,7 +213,9 @@ def _training_step(
         t = torch.tensor([0.0, 1.0])
 
         def loss(y: Tensor, n: int) -> Tensor:
-            ys = mali_func.odeint(field, y, t, n_steps=n, gradient="mali", method=method)
+            ys = mali_func.odeint(
+                field, y, t, n_steps=n, gradient="mali", method=method, unroll=unroll
+            )
             return ys[-1].pow(2).mean()
 
         compiled = torch.compile(loss, fullgraph=True, options=options)

@@ -42,19 +42,6 @@ from mali_func import prepare_for_opacus
 Grads = dict[str, Tensor]
 
 
-class PrivateDigitsModel(DigitsModel):
-    """``DigitsModel`` whose block output is copied to a contiguous layout before the head.
-
-    Under ``vmap`` the block's output is a strided view of the solution (``ys[-1]``), and
-    torch 2.13's batching rule of ``group_norm`` refuses such inputs ("Expected
-    X.is_contiguous"); the copy changes no value.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.ode(self.stem(x)).clone(memory_format=torch.contiguous_format)
-        return self.head(z)
-
-
 @dataclass
 class Run:
     """What a training run reports."""
@@ -259,7 +246,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load_digits_split()
-    model = PrivateDigitsModel(channels=args.channels, n_steps=args.n_steps)
+    model = DigitsModel(channels=args.channels, n_steps=args.n_steps)
     n_params = sum(p.numel() for p in model.parameters())
     privacy = privacy_settings(args, len(data["y_train"]))
     train = train_opacus if args.engine == "opacus" else train_vmap

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_steps, steps_for
+from ._mode import under_vmap
 from ._odeint import odeint
 
 
@@ -85,9 +86,13 @@ class ODEBlock(nn.Module):
         times = self.times.to(dtype=x.dtype, device=x.device)
         ys = odeint(self.field, x, times, **self._solve_options())
         assert isinstance(ys, Tensor)
-        if self._select is None:
-            return ys[-1]
-        return ys[self._select]
+        out = ys[-1] if self._select is None else ys[self._select]
+        if under_vmap():
+            # Under vmap the selection is a strided view of the batched solution, and some of
+            # torch 2.13's batching rules (group_norm: "Expected X.is_contiguous") refuse such
+            # inputs; a contiguous copy changes no value.
+            out = out.clone(memory_format=torch.contiguous_format)
+        return out
 
     def _solve_options(self) -> dict[str, Any]:
         """``options`` with ``step_size`` turned into step counts from the block's own constant
