@@ -9,6 +9,7 @@ Any tensor shape works, so a convolutional field on ``(B, C, H, W)`` feature map
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -16,9 +17,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_steps, steps_for
+from ._checks import (
+    check_adaptive,
+    check_options,
+    check_scheme,
+    check_steps,
+    check_unroll,
+    steps_for,
+)
+from ._drift import DriftMonitor
 from ._mode import under_vmap
 from ._odeint import odeint
+from .schemes import scheme_for
 
 
 class ODEBlock(nn.Module):
@@ -77,8 +87,7 @@ class ODEBlock(nn.Module):
         self.t0, self.t1 = float(t0), float(t1)
         self.t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
         self.options = dict(odeint_options)
-        if odeint_options.get("step_size") is not None:  # checked now, converted per call
-            check_steps(None, odeint_options["step_size"], torch.tensor(grid, dtype=torch.float64))
+        _check_options(torch.tensor(grid, dtype=torch.float64), self.options)
         self._grid = tuple(grid)
         self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
 
@@ -129,6 +138,24 @@ _ODEINT_OPTIONS = {
     "monitor",
     "reconstruction_tol",
 }
+
+
+def _check_options(times: Tensor, options: dict[str, Any]) -> None:
+    """The checks :func:`odeint` runs on these options, run when the block is built (a bad
+    option fails where the model is defined, not at its first call; they run again per call)."""
+    defaults = {k: p.default for k, p in inspect.signature(odeint).parameters.items()}
+
+    def get(name: str) -> Any:
+        return options.get(name, defaults[name])
+
+    steps = check_steps(get("n_steps"), get("step_size"), times)
+    check_adaptive(steps is None, get("rtol"), get("atol"), get("max_steps"), get("first_step"))
+    check_options(
+        get("gradient"), get("reconstruction_tol"), get("monitor"), DriftMonitor, get("checkpoints")
+    )
+    check_unroll(get("unroll"))
+    scheme = scheme_for(get("method"), get("scheme"), eta=get("eta"), coupling=get("coupling"))
+    check_scheme(scheme, adaptive=steps is None, gradient=None)
 
 
 def _grid(t0: float, t1: float, t_eval: Sequence[float] | None) -> tuple[list[float], Any]:

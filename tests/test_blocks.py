@@ -106,6 +106,19 @@ def test_repr_shows_the_configuration() -> None:
         ({"t_eval": [0.5, 0.2]}, ValueError, "t_eval must be strictly monotonic"),
         ({"t_eval": [0.5, 1.5]}, ValueError, r"t_eval must lie within \[t0, t1\]"),
         ({"t_eval": []}, ValueError, "at least one time"),
+        # odeint's own option checks, run when the block is built rather than at its first call
+        ({"gradient": "adjoint"}, ValueError, "gradient must be one of"),
+        ({"method": "rk45"}, ValueError, "method must be one of"),
+        ({"n_steps": 0}, ValueError, "n_steps must be at least 1"),
+        ({"n_steps": [2, 3]}, ValueError, "one count per interval"),
+        ({"eta": 0.5}, ValueError, "eta must lie in"),
+        ({"unroll": 0}, ValueError, "unroll must be an int >= 1"),
+        ({"reconstruction_tol": 0.0}, ValueError, "reconstruction_tol must be positive"),
+        ({"checkpoints": 4}, ValueError, "checkpoints is the budget of gradient='checkpoint'"),
+        ({"monitor": "log"}, TypeError, "monitor must be a DriftMonitor"),
+        ({"method": "rk4", "coupling": 1.5}, ValueError, "coupling must lie in"),
+        ({"n_steps": None, "rtol": -1.0}, ValueError, "rtol must be non-negative"),
+        ({"n_steps": None, "step_size": -0.1}, ValueError, "step_size"),
     ],
 )
 def test_bad_block_arguments_are_named(kwargs: dict, error: type, match: str) -> None:
