@@ -190,7 +190,7 @@ def _training_step(
     steps: int,
     options: dict[str, Any] | None = None,
     new_steps: Sequence[int] = (),
-    repeats: int = 10,
+    repeats: int = 20,
     method: str = "alf",
     unroll: int = 1,
 ) -> dict[str, Any]:
@@ -227,7 +227,6 @@ def _training_step(
             return [p.grad for p in field.parameters() if p.grad is not None]
 
         step(loss, steps)  # warm-up
-        eager_s = min(timed(lambda: step(loss, steps)) for _ in range(repeats))
         reference = step(loss, steps)
         first_s = timed(lambda: step(compiled, steps))
         graphs = counters["stats"]["unique_graphs"]
@@ -235,7 +234,13 @@ def _training_step(
             float((a - b).abs().max() / b.abs().max())
             for a, b in zip(step(compiled, steps), reference, strict=True)
         )
-        compiled_s = min(timed(lambda: step(compiled, steps)) for _ in range(repeats))
+        # Interleaved, so that a change in machine load reaches both sides alike.
+        pairs = [
+            (timed(lambda: step(loss, steps)), timed(lambda: step(compiled, steps)))
+            for _ in range(repeats)
+        ]
+        eager_s = min(e for e, _ in pairs)
+        compiled_s = min(c for _, c in pairs)
         recompiles, recompile_s = [], []
         for n in new_steps:
             before = counters["stats"]["unique_graphs"]
@@ -265,7 +270,7 @@ def _compile_vs_eager(quick: bool) -> dict[str, Any]:
     r = _training_step(steps, new_steps=new)
     counts = ", ".join(f"{c} at {n}" for n, c in zip(new, r["recompiles"]))
     return {
-        "setting": f"{SETTING}, {steps} steps, best of 10",
+        "setting": f"{SETTING}, {steps} steps, best of 20 interleaved",
         "baseline_s": r["eager_s"],
         "candidate_s": r["compiled_s"],
         "check": f"gradients differ by {r['grad_rel_diff']:.1e} (relative);"
@@ -279,7 +284,7 @@ def _compile_unrolled(quick: bool, unroll: int = 4) -> dict[str, Any]:
     steps = 5 if quick else 20
     r = _training_step(steps, unroll=unroll)
     return {
-        "setting": f"{SETTING}, {steps} steps, best of 10",
+        "setting": f"{SETTING}, {steps} steps, best of 20 interleaved",
         "baseline_s": r["eager_s"],
         "candidate_s": r["compiled_s"],
         "check": f"gradients differ by {r['grad_rel_diff']:.1e} (relative);"
@@ -315,7 +320,7 @@ def _compile_cpp(quick: bool) -> dict[str, Any]:
     steps = 5 if quick else 20
     r = _training_step(steps, options={"cpp_wrapper": True})
     return {
-        "setting": f"{SETTING}, {steps} steps, best of 10",
+        "setting": f"{SETTING}, {steps} steps, best of 20 interleaved",
         "baseline_s": r["eager_s"],
         "candidate_s": r["compiled_s"],
         "check": f"gradients differ by {r['grad_rel_diff']:.1e} (relative);"
