@@ -41,8 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._flat import Count, take
 from ._grid import Grid, buffers, write_row
-from ._loops import Count, Loops, PythonLoops, take
+from ._loops import Loops, PythonLoops
 from .schemes import Field, Params, ReversibleScheme, State
 from .schemes._scheme import pull_back
 

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._loops import Count, Index, take
+from ._flat import Count, Index, take
 from .schemes import State
 
 

@@ -16,8 +16,10 @@ Backends (chosen per call by :mod:`mali_func._mode`):
 * :class:`WhileLoops` (``torch.compile``): :func:`torch._higher_order_ops.while_loop` over flat
   carries, so compile time does not depend on the number of steps. It holds the torch 2.13
   workarounds (below).
-* :class:`ScanLoops` (export): :func:`torch._higher_order_ops.scan`, forward only; ONNX keeps it as
-  one ``Scan`` node whose body is one step.
+* :class:`~mali_func._scan.ScanLoops` (export): :func:`torch._higher_order_ops.scan`, forward only;
+  ONNX keeps it as one ``Scan`` node whose body is one step.
+
+The flat carries both traced backends need live in :mod:`mali_func._flat`.
 
 Torch 2.13 workarounds in :class:`WhileLoops` (CPU inductor), both reproduced by the
 compiled-vs-eager gradient tests:
@@ -41,25 +43,24 @@ from typing import Any
 import torch
 import torch._functorch.config as functorch_config
 from torch import Tensor
-from torch._higher_order_ops import scan, while_loop
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch._higher_order_ops import while_loop
+from torch.utils._pytree import tree_map
 
+from ._flat import (
+    Cond,
+    Count,
+    Index,
+    WhileBody,
+    counter,
+    flatten,
+    tensors_of,
+    while_loop_collect,
+)
 from ._mode import Mode, host_view, is_concrete
+from ._scan import ScanLoops
 from ._vjp import choose_vjp
 from .schemes import VJP, Params
 from .schemes._scheme import add_optional
-
-Count = int | torch.SymInt | Tensor
-Index = int | Tensor
-Cond = Callable[[Any], Tensor]
-WhileBody = Callable[[Any], tuple[Any, tuple[Tensor, ...], Tensor]]
-
-
-def take(x: Tensor, j: Index) -> Tensor:
-    """``x[j]``; for a 0-dim index tensor without reading it on the host (also under vmap)."""
-    if isinstance(j, int):
-        return x[j]
-    return x.index_select(0, j.reshape(1)).squeeze(0)
 
 
 def _host_any(flag: Tensor) -> bool:
@@ -142,55 +143,6 @@ def _no_donated_buffers() -> bool:
     return True
 
 
-def _flatten(tree: Any) -> tuple[list[Tensor], Callable[[Any], Any]]:
-    """The tensors of a pytree (``None`` leaves are structure, not carried) and its rebuilder."""
-    leaves, spec = tree_flatten(tree)
-    where = [i for i, x in enumerate(leaves) if x is not None]
-
-    def rebuild(tensors: Any) -> Any:
-        full: list[Any] = [None] * len(leaves)
-        for i, x in zip(where, tensors):
-            full[i] = x
-        return tree_unflatten(full, spec)
-
-    return [leaves[i] for i in where], rebuild
-
-
-def _tensors(tree: Any) -> list[Tensor]:
-    return [x for x in tree_flatten(tree)[0] if x is not None]
-
-
-def _counter(like: Tensor, value: Count = 0) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.to(device=like.device, dtype=torch.int64).reshape(()).clone()
-    return torch.full((), value, dtype=torch.int64, device=like.device)
-
-
-def _while_loop(
-    cond: Cond, body: WhileBody, carry: Any, *, max_steps: int, dtypes: tuple[torch.dtype, ...]
-) -> tuple[Any, tuple[Tensor, ...], Index]:
-    """``while_`` on :func:`while_loop` over flat carries; kept entries go to slots
-    ``0 .. count - 1`` of buffers of ``max_steps + 1`` (compile and export)."""
-    leaves, rebuild = _flatten(carry)
-    n_c = len(leaves)
-    like = leaves[0]
-    buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
-
-    def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
-        return (it < max_steps) & cond(rebuild(xs[:n_c]))
-
-    def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-        new, entry, keep = body(rebuild(xs[:n_c]))
-        slot = torch.where(keep, count, max_steps).reshape(1)
-        bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
-        return (it + 1, count + keep.long(), *_tensors(new), *bufs)
-
-    contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
-    init = (_counter(like), _counter(like), *contiguous, *buffers)
-    res = while_loop(test, step, init)
-    return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
-
-
 class WhileLoops:
     """Compiled loops: ``while_loop`` over flat carries (cloned: carries must not alias)."""
 
@@ -204,7 +156,7 @@ class WhileLoops:
         then one per iteration: fewer iterations (each costs the compiled wrapper a round trip)
         for ``unroll + 1`` traced copies of ``body``."""
         _no_donated_buffers()
-        leaves, rebuild = _flatten(carry)
+        leaves, rebuild = flatten(carry)
         leaves = [x.clone(memory_format=torch.contiguous_format) for x in leaves]
 
         def steps(k: int) -> Callable[..., tuple[Tensor, ...]]:
@@ -216,16 +168,16 @@ class WhileLoops:
                         c = body(j, c)
                     else:
                         c, j = body(j, c), j + 1
-                return (j, *_tensors(c))
+                return (j, *tensors_of(c))
 
             return step
 
         if reverse:
-            loop: tuple[Tensor, ...] = (_counter(leaves[0], n), *leaves)
+            loop: tuple[Tensor, ...] = (counter(leaves[0], n), *leaves)
             if unroll > 1:
                 loop = while_loop(lambda j, *_: j >= unroll, steps(unroll), loop)
             return rebuild(while_loop(lambda j, *_: j > 0, steps(1), loop)[1:])
-        loop = (_counter(leaves[0]), *leaves)
+        loop = (counter(leaves[0]), *leaves)
         if unroll > 1:
             loop = while_loop(lambda j, *_: j + unroll <= n, steps(unroll), loop)
         return rebuild(while_loop(lambda j, *_: j < n, steps(1), loop)[1:])
@@ -242,7 +194,7 @@ class WhileLoops:
     ) -> tuple[Any, tuple[Tensor, ...], Index]:
         """Kept entries go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1``."""
         _no_donated_buffers()
-        return _while_loop(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
+        return while_loop_collect(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
 
     def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
         return _fenced_vjp
@@ -254,71 +206,6 @@ class WhileLoops:
         if acc is None or d is None:
             return add_optional(acc, d)
         return torch.sub(acc, torch.neg(d))  # acc + d, fenced
-
-
-def _unaliased(new: list[Tensor], old: list[Tensor]) -> list[Tensor]:
-    """``scan`` forbids body outputs that are its inputs or each other: copy those."""
-    out: list[Tensor] = []
-    for x in new:
-        out.append(x.clone() if any(x is y for y in (*old, *out)) else x)
-    return out
-
-
-class ScanLoops:
-    """Export loops: ``scan`` over ``n`` rows of width 0 (the graph stores nothing per step)."""
-
-    mode = Mode.EXPORT
-
-    def fori(
-        self, n: Count, body: Callable[[Any, Any], Any], carry: Any, *, reverse: bool = False,
-        unroll: int = 1,
-    ):  # fmt: skip
-        if reverse:
-            raise NotImplementedError("export traces the forward pass only")
-        leaves, rebuild = _flatten(carry)
-        leaves = [x.contiguous() for x in leaves]  # body outputs are contiguous: so must init be
-        like = leaves[0]
-        rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
-
-        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Tensor]:
-            j, xs = c
-            out = _tensors(body(j, rebuild(xs)))
-            return (j + 1, _unaliased(out, list(xs))), row.clone()
-
-        (_, final), _ = scan(step, (_counter(like), list(leaves)), rows)
-        return rebuild(final)
-
-    def fori_collect(
-        self, n: Count, body: Callable[[Any, Any], tuple[Any, tuple[Tensor, ...]]], carry: Any
-    ) -> tuple[Any, tuple[Tensor, ...]]:
-        """Like :meth:`fori` with a ``body`` returning ``(carry, ys)``; also returns every
-        iteration's ``ys`` stacked (``scan``'s own outputs: no buffer is carried)."""
-        leaves, rebuild = _flatten(carry)
-        leaves = [x.contiguous() for x in leaves]
-        like = leaves[0]
-        rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
-
-        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Any]:
-            j, xs = c
-            new, ys = body(j, rebuild(xs))
-            return (j + 1, _unaliased(_tensors(new), list(xs))), [y.clone() for y in ys]
-
-        (_, final), ys = scan(step, (_counter(like), list(leaves)), rows)
-        return rebuild(final), tuple(ys)
-
-    def while_(
-        self,
-        cond: Cond,
-        body: WhileBody,
-        carry: Any,
-        *,
-        max_steps: int,
-        dtypes: tuple[torch.dtype, ...],
-        check_every: int = 8,
-    ) -> tuple[Any, tuple[Tensor, ...], Index]:
-        """The controller's ``while_loop`` (forward only), as compiled code runs it: ONNX keeps
-        it as one ``Loop`` node, its trip count bounded by ``max_steps``."""
-        return _while_loop(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
 
 
 Loops = PythonLoops | WhileLoops | ScanLoops

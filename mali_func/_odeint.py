@@ -18,7 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from . import _mode
-from ._checkpoint import check_traced_plan
+from ._captures import (
+    check_module_attributes,
+    check_no_capture,
+    guard_captures,
+    module_attributes,
+)
 from ._checks import (
     check_adaptive,
     check_options,
@@ -29,33 +34,12 @@ from ._checks import (
     check_y0,
 )
 from ._compat import translate
-from ._control import SolveStats, Tolerances, control
-from ._drift import DriftMonitor, warn_if_decoupled
-from ._field import (
-    BoundField,
-    autocast_field,
-    bind_field,
-    check_module_attributes,
-    check_no_capture,
-    check_output,
-    check_replayable,
-    guard_captures,
-    module_attributes,
-)
-from ._forward_mode import solve
-from ._grid import RecordedGrid, UniformGrid
-from ._loops import loops_for
-from ._solve import Spec, forward
-from ._traced_transforms import check_per_sample, check_traced_transform, vmap_traced_functions
-from .schemes import (
-    COUPLING_DEFAULT,
-    TABLEAUS,
-    CoupledRK,
-    Params,
-    ReversibleScheme,
-    State,
-    scheme_for,
-)
+from ._control import SolveStats, Tolerances
+from ._dispatch import dispatch
+from ._drift import DriftMonitor
+from ._field import autocast_field, bind_field, check_output, check_replayable
+from ._traced_transforms import check_per_sample
+from .schemes import COUPLING_DEFAULT, TABLEAUS, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -221,7 +205,7 @@ def odeint(
     tol = None
     if steps is None:
         tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
-    trajectories, solve_stats = _dispatch(
+    trajectories, solve_stats = dispatch(
         _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
         reconstruction_tol, probe, checkpoints, unroll,
     )  # fmt: skip
@@ -231,90 +215,6 @@ def odeint(
         solve_stats = SolveStats(count + 1, count, torch.zeros_like(count), count < 0)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
-
-
-def _dispatch(
-    mode: _mode.Mode,
-    scheme: ReversibleScheme,
-    bound: BoundField,
-    t: Tensor,
-    start: State,
-    n_out: int,
-    steps: tuple[int, ...] | None,
-    tol: Tolerances | None,
-    gradient: str,
-    reconstruction_tol: float | None,
-    probe: Tensor | None,
-    checkpoints: int | None = None,
-    unroll: int = 1,
-) -> tuple[State, SolveStats | None]:
-    """Pick the loop backend and the gradient path of one solve."""
-    field, params = bound.field, bound.params
-    loops = loops_for(mode)
-    wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
-    python = loops_for(_mode.Mode.EAGER)
-    n: Tensor | None = None
-    if mode is _mode.Mode.COMPILE and _mode.under_transform():
-        # torch 2.13: no while_loop inside a traced transform; the steps are unrolled
-        # (mali_func._traced_transforms).
-        check_traced_transform(adaptive=tol is not None, gradient=gradient)
-        loops = python
-        if _mode.under_vmap():
-            vmap_traced_functions()
-    if mode is _mode.Mode.COMPILE and gradient == "checkpoint" and wants_grad:
-        most = sum(steps) if steps is not None else tol.max_steps if tol is not None else 0
-        check_traced_plan(most, checkpoints, adaptive=steps is None)
-    if mode is _mode.Mode.COMPILE and steps is not None and loops is not python:
-        if gradient == "checkpoint":
-            pass  # static counts: level sizes are shapes (a new n_steps compiles again)
-        elif gradient == "backprop" or any(s != steps[0] for s in steps):
-            # The plain loop, unrolled: exact, but compile time grows with the steps. (while_loop's
-            # own autograd in torch 2.13 is wrong when one carry feeds another, e.g. (z, logp).)
-            loops = python
-        else:
-            # A tensor count: compile time does not grow with it, and a new n_steps compiles once
-            # (comparing, not hashing, the counts above keeps n_steps symbolic).
-            n = torch.scalar_tensor(steps[0], dtype=torch.int64, device=t.device)
-    if mode is _mode.Mode.EXPORT or (mode is _mode.Mode.COMPILE and not wants_grad):
-        # Forward only: no gradient machinery (dynamo also fails to bind the Function then).
-        if tol is not None:
-            trajs, _, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
-            return trajs, stats
-        grid = UniformGrid(t, steps if n is None else n)
-        return forward(loops, scheme, field, grid, start, params, n_out, unroll=unroll)[0], None
-    if gradient == "backprop" and loops is python:
-        if tol is None:
-            assert steps is not None
-            trajs, final, _ = forward(
-                python, scheme, field, UniformGrid(t, steps), start, params, n_out
-            )
-            if isinstance(scheme, CoupledRK):
-                warn_if_decoupled(scheme.pair(final), scheme)
-            return trajs, None
-        with torch.no_grad():
-            _, _, records, count, stats = control(
-                python, scheme, field, t, start, params, n_out, tol
-            )
-        grid = RecordedGrid(t, records, count)
-        trajs = forward(python, scheme, field, grid, start, params, n_out)[0]
-        return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats
-    # MALI, checkpointing; compiled adaptive backprop too (the same accepted steps, README).
-    spec = Spec(
-        loops=loops,
-        scheme=scheme,
-        field=field,
-        n_state=len(start),
-        n_out=n_out,
-        counts=steps if n is None else None,
-        tol=tol,
-        controller=None,
-        reconstruction_tol=reconstruction_tol,
-        replay=bound.replaying,
-        checkpoint=gradient == "checkpoint",
-        budget=checkpoints,
-        unroll=unroll,
-    )
-    return solve(spec, t, n, probe, start, params)
 
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"

@@ -34,8 +34,9 @@ from torch import Tensor
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
+from ._flat import take
 from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
-from ._loops import PYTHON, Loops, PythonLoops, ScanLoops, take
+from ._loops import PYTHON, Loops, PythonLoops, ScanLoops
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)

@@ -1,0 +1,209 @@
+"""Refusing tensors a field reads but the gradient engine would not see.
+
+MALI's engine differentiates only the tensors passed to it (:mod:`mali_func._field`), so a tensor
+that requires grad and reaches the field another way would silently get no gradient. Two ways are
+caught:
+
+* a plain callable that captures such a tensor (a closure or a global): at ``t0``
+  (:func:`check_no_capture`) and, in eager MALI solves, at every evaluation of the forward pass
+  (:func:`guard_captures`), so a tensor read only at later times is caught too. Evaluating on
+  detached inputs with grad enabled, an output that still requires grad can only come from a
+  capture;
+* an :class:`torch.nn.Module` attribute that requires grad but is neither a parameter nor a buffer
+  (``self.c = encoder(x)``), found by reading Python attributes and ``requires_grad`` flags only
+  (:func:`check_module_attributes`), so it also runs while ``torch.compile`` traces.
+
+Nothing is checked under ``no_grad``/``inference_mode``, where no gradient is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._field import BoundField
+from .schemes import Field, Params, State
+
+
+def _needs_grad(value: Any) -> bool:
+    """A tensor that requires grad, or a module with a parameter that does."""
+    if isinstance(value, Tensor):
+        return value.requires_grad
+    if isinstance(value, nn.Module):
+        return any(p.requires_grad for p in value.parameters())
+    return False
+
+
+def _captured_names(func: Any) -> list[str]:
+    """Names of the variables ``func``'s own code reads from its closure or its globals that
+    hold a tensor requiring grad or a module with trainable parameters (best effort: what a
+    function it calls captures is not seen)."""
+    code, names = getattr(func, "__code__", None), []
+    if code is None:  # a callable object: its attributes, then its __call__'s code
+        names = [f"self.{k}" for k, v in getattr(func, "__dict__", {}).items() if _needs_grad(v)]
+        call = next((vars(c)["__call__"] for c in type(func).__mro__ if "__call__" in vars(c)), 0)
+        return names + (_captured_names(call) if hasattr(call, "__code__") else [])
+    for name, cell in zip(code.co_freevars, getattr(func, "__closure__", None) or ()):
+        try:
+            if _needs_grad(cell.cell_contents):
+                names.append(name)
+        except ValueError:  # an empty cell
+            continue
+    scope = getattr(func, "__globals__", {})
+    names += [n for n in code.co_names if _needs_grad(scope.get(n)) and n not in names]
+    return names
+
+
+def _captured(field: Field, at: Tensor | None = None) -> TypeError:
+    """The capture error, naming the captured variables where they can be found and the time
+    of the evaluation that read them (later than ``t0``)."""
+    names = _captured_names(getattr(field, "source", None))
+    notes = [f"captured: {', '.join(repr(n) for n in names)}"] if names else []
+    notes += [f"found at t = {float(at):.6g}"] if at is not None else []
+    where = f" ({'; '.join(notes)})" if notes else ""
+    return TypeError(
+        f"func reads a tensor that requires grad but is not passed explicitly{where}, so "
+        "its gradient would be lost; pass such tensors as odeint(..., args=(tensor, ...)) and "
+        "accept them as func(t, y, *args), or make func an nn.Module (a module closed over: "
+        "pass the module itself as func)"
+    )
+
+
+def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> None:
+    """Raise when a plain callable reads a tensor that requires grad but is not in ``args``.
+
+    Evaluates the field once on detached inputs with grad enabled: an output that still requires
+    grad depends on a captured tensor, whose gradient the engine would silently drop. Under
+    ``no_grad``/``inference_mode`` no gradient is asked for, so nothing is checked.
+    """
+    if not torch.is_grad_enabled():
+        return
+    detached = tuple(y.detach() for y in y0)
+    params = tuple(p.detach() for p in bound.params)
+    with torch.enable_grad():
+        out = bound.field(t0.detach(), detached, params)
+    if any(o.requires_grad for o in out):
+        raise _captured(bound.field)
+
+
+def _plain(x: Tensor) -> Tensor:
+    """``x`` cut from autograd: ``x.detach()`` only when it requires grad (one view fewer)."""
+    return x.detach() if x.requires_grad else x
+
+
+def guard_captures(field: Field) -> Field:
+    """``field``, checked at every evaluation of a no-grad forward pass (MALI's, eager) for a
+    captured tensor that requires grad: one read only at later times (``w if t > 0.5 else 1``)
+    escapes :func:`check_no_capture` at ``t0``. Inputs are cut from autograd and grad is enabled,
+    so an output that requires grad can only come from a capture; nothing else builds a graph.
+
+    Evaluations with grad enabled (MALI's reverse pass, whose VJPs need the graph) pass through.
+    Cost: a grad-mode switch and a few ``requires_grad`` reads per evaluation, about 5 us
+    (measured: +0.5% to +0.8% CPU time of an eager MALI training step on benchmarks/core.py's
+    problem, MLP 64-256-64, batch 256, 1000 ALF steps); the parameters' detached views are made
+    once per solve, not per step.
+    """
+    cache: list[tuple[Params, Params]] = []
+
+    def guarded(t: Tensor, y: State, params: Params) -> State:
+        if torch.is_grad_enabled():
+            return field(t, y, params)
+        if not cache or cache[0][0] is not params:
+            cache[:] = [(params, tuple(_plain(p) for p in params))]
+        with torch.enable_grad():
+            out = field(_plain(t), tuple(_plain(x) for x in y), cache[0][1])
+        if any(o.requires_grad for o in out):
+            raise _captured(field, t)
+        return out
+
+    return guarded
+
+
+# What every nn.Module keeps in its ``__dict__`` (registries, hooks, flags): not user tensors.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _tensors_in(path: str, value: Any) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of one attribute: itself, or the items of a list, tuple or dict it holds."""
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if isinstance(item, Tensor):
+                yield f"{path}[{i}]", item
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, Tensor):
+                yield f"{path}[{key!r}]", item
+
+
+def module_attributes(module: nn.Module) -> dict[str, Tensor]:
+    """Tensors held by ``module`` or a submodule that require grad but are neither parameters nor
+    buffers, by attribute path (``"c"``, ``"enc.h"``, ``"conds[0]"``): inputs of the field that
+    the engine, which differentiates only the tensors passed to it, would not see.
+
+    Empty under ``no_grad``/``inference_mode`` (no gradient is asked for). Plain attributes, and
+    the items of lists, tuples and dicts in them, are searched; a tensor that is also one of the
+    module's parameters or buffers (a list holding ``self.lin.weight``) is not an extra input.
+    """
+    if not torch.is_grad_enabled():
+        return {}
+    found: dict[str, Tensor] = {}
+    for name, sub in module.named_modules():
+        prefix = f"{name}." if name else ""
+        for attr, value in vars(sub).items():
+            if attr in _MODULE_INTERNALS:
+                continue
+            for path, x in _tensors_in(prefix + attr, value):
+                if x.requires_grad:
+                    found[path] = x
+    if found:  # rare: only then compare with the registered tensors
+        registered = [*module.parameters(), *module.buffers()]
+        found = {k: x for k, x in found.items() if not any(x is r for r in registered)}
+    return found
+
+
+def check_module_attributes(module: nn.Module, before: dict[str, Tensor] | None = None) -> None:
+    """Raise for a tensor attribute that requires grad but is neither a parameter nor a buffer
+    (a conditioning vector set from an encoder, a hypernetwork's output): MALI passes only
+    parameters and buffers to its engine, so that tensor's gradient would be lost.
+
+    ``before`` is :func:`module_attributes` taken before the field's first evaluation; then only
+    the attributes that are still the same tensor after it are refused. An attribute the field
+    assigns itself while it runs is computed from the tensors it is given, not an input: the
+    ``weight`` that ``torch.nn.utils.weight_norm`` and ``spectral_norm`` recompute in a forward
+    pre-hook, or an output kept for a regulariser (``self.kinetic = f.pow(2).mean()``), which
+    after one training step still requires grad and would otherwise be a false alarm. Without
+    ``before`` every such tensor is refused.
+
+    The check reads Python attributes and ``requires_grad`` flags only, so it also runs while
+    ``torch.compile`` traces (with ``fullgraph=True`` the TypeError then appears in dynamo's
+    "Observed exception" report).
+    """
+    found = module_attributes(module)
+    if before is not None:
+        found = {k: x for k, x in found.items() if k in before and before[k] is x}
+    if not found:
+        return
+    path = next(iter(found))
+    owner, _, attr = path.rpartition(".")
+    owner = f"func.{owner}" if owner else "func"
+    others = [f"func.{k}" for k in found if k != path]
+    also = f" (also {', '.join(others)})" if others else ""
+    if "[" in attr:
+        how = "pass it through odeint(..., args=(tensor,)) and accept it as forward(t, y, *args)"
+    else:
+        how = (
+            f"make it a buffer: declare it once with {owner}.register_buffer('{attr}', None, "
+            f"persistent=False) (in __init__, or after `del {owner}.{attr}`), then assign it as "
+            "before (buffers are differentiated); or make it an nn.Parameter, or pass it through "
+            "odeint(..., args=(tensor,)) and accept it as forward(t, y, *args)"
+        )
+    raise TypeError(
+        f"func.{path} is a tensor that requires grad but is neither a parameter nor a buffer"
+        f"{also}, so gradient='mali', which differentiates only the tensors passed to it, would "
+        f"lose its gradient; {how}; or use gradient='backprop'"
+    )
