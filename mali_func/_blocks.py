@@ -92,6 +92,11 @@ class ODEBlock(nn.Module):
         self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"ODEBlock takes one tensor x, got {type(x).__name__}; for a tuple state call "
+                "mali_func.odeint, which takes tuples"
+            )
         times = self.times.to(dtype=x.dtype, device=x.device)
         ys = odeint(self.field, x, times, **self._solve_options())
         assert isinstance(ys, Tensor)

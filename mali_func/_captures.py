@@ -11,7 +11,10 @@ caught:
   capture;
 * an :class:`torch.nn.Module` attribute that requires grad but is neither a parameter nor a buffer
   (``self.c = encoder(x)``), found by reading Python attributes and ``requires_grad`` flags only
-  (:func:`check_module_attributes`), so it also runs while ``torch.compile`` traces.
+  (:func:`check_module_attributes`), so it also runs while ``torch.compile`` traces;
+* any other tensor a module's output depends on that requires grad and is none of the solve's
+  inputs (a global tensor, a layer kept in a plain list), found in the autograd graph of its first
+  evaluation, in eager code (:func:`check_module_inputs`).
 
 Nothing is checked under ``no_grad``/``inference_mode``, where no gradient is asked for.
 """
@@ -72,21 +75,23 @@ def _captured(field: Field, at: Tensor | None = None) -> TypeError:
     )
 
 
-def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> None:
+def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> int:
     """Raise when a plain callable reads a tensor that requires grad but is not in ``args``.
 
     Evaluates the field once on detached inputs with grad enabled: an output that still requires
     grad depends on a captured tensor, whose gradient the engine would silently drop. Under
-    ``no_grad``/``inference_mode`` no gradient is asked for, so nothing is checked.
+    ``no_grad``/``inference_mode`` no gradient is asked for, so nothing is checked. Returns the
+    number of field evaluations made (0 or 1).
     """
     if not torch.is_grad_enabled():
-        return
+        return 0
     detached = tuple(y.detach() for y in y0)
     params = tuple(p.detach() for p in bound.params)
     with torch.enable_grad():
         out = bound.field(t0.detach(), detached, params)
     if any(o.requires_grad for o in out):
         raise _captured(bound.field)
+    return 1
 
 
 def _plain(x: Tensor) -> Tensor:
@@ -206,4 +211,68 @@ def check_module_attributes(module: nn.Module, before: dict[str, Tensor] | None 
         f"func.{path} is a tensor that requires grad but is neither a parameter nor a buffer"
         f"{also}, so gradient='mali', which differentiates only the tensors passed to it, would "
         f"lose its gradient; {how}; or use gradient='backprop'"
+    )
+
+
+def _hidden_leaves(outputs: State, inputs: tuple[Tensor, ...]) -> list[Tensor]:
+    """Leaves that require grad which the autograd graph of ``outputs`` reaches without passing
+    through one of ``inputs`` (the tensors the solve differentiates)."""
+    leaves = {id(x) for x in inputs if x.grad_fn is None}
+    stops = {id(x.grad_fn) for x in inputs if x.grad_fn is not None}
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: set[int] = set()
+    found: list[Tensor] = []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or id(node) in stops:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
+        if isinstance(variable, Tensor):
+            if id(variable) not in leaves:
+                found.append(variable)
+            continue
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return found
+
+
+def _holders(module: nn.Module, leaf: Tensor) -> list[str]:
+    """Attribute paths of modules kept in plain lists, tuples or dicts (not registered as
+    submodules) whose parameters or buffers include ``leaf``."""
+    paths = []
+    for name, sub in module.named_modules():
+        for attr, value in vars(sub).items():
+            if attr in _MODULE_INTERNALS or not isinstance(value, (list, tuple, dict)):
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(item, nn.Module):
+                    if any(x is leaf for x in (*item.parameters(), *item.buffers())):
+                        paths.append(f"{name + '.' if name else ''}{attr}[{key!r}]")
+    return paths
+
+
+def check_module_inputs(module: nn.Module, outputs: State, inputs: tuple[Tensor, ...]) -> None:
+    """Raise when a module field's output depends on a tensor that requires grad and is none of
+    the solve's inputs (its parameters, buffers, ``args``, ``y0``, ``t``): a global tensor, or a
+    layer held in a plain list. ``gradient="mali"`` would lose that tensor's gradient.
+
+    Found by walking the autograd graph of one evaluation (eager code, the first evaluation of
+    the solve); a tensor read only at later times is not seen.
+    """
+    hidden = _hidden_leaves(outputs, inputs)
+    if not hidden:
+        return
+    leaf = hidden[0]
+    names = [f"func.{p}" for p in _holders(module, leaf)]
+    forward = getattr(type(module), "forward", None)
+    names += _captured_names(forward) if forward is not None else []
+    where = f" ({', '.join(repr(n) for n in names)})" if names else ""
+    raise TypeError(
+        f"func's output depends on a tensor of shape {tuple(leaf.shape)} that requires grad but "
+        f"is none of func's parameters or buffers, nor in args{where}, so gradient='mali', "
+        "which differentiates only the tensors passed to it, would lose its gradient; register "
+        "it in the module (a layer held in a list: nn.ModuleList or nn.ModuleDict; a tensor: "
+        "register_buffer or nn.Parameter), or pass it through odeint(..., args=(tensor,)) and "
+        "accept it as forward(t, y, *args); or use gradient='backprop'"
     )

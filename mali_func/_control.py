@@ -58,7 +58,15 @@ class Tolerances:
 
 
 class SolveStats(NamedTuple):
-    """Counts of one solve, as tensors (per sample under ``vmap``)."""
+    """Counts of one solve, as tensors (per sample under ``vmap``).
+
+    ``n_f_evals`` counts the field evaluations of the forward solve: the checks of the field at
+    ``t0`` and the scheme's start (:meth:`~mali_func.schemes.ReversibleScheme.init`), the
+    first-step estimate, and ``evaluations_per_step`` for every step tried (in eager code also
+    the few trials after the end that run before the stop flag is read; under ``vmap`` each
+    sample's own; ``gradient="backprop"`` runs an adaptive solve's accepted steps once more,
+    with autograd); not those of the backward pass.
+    """
 
     n_f_evals: Tensor
     n_accepted: Tensor
@@ -127,10 +135,10 @@ def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) 
 def initial_step(
     field: Field, t0: Tensor, y0: State, params: Params, tol: Tolerances, order: int
 ) -> Tensor:
-    """Hairer-Wanner first step (two field evaluations), or ``tol.first_step``."""
-    f0 = field(t0, y0, params)
+    """Hairer-Wanner first step (two field evaluations), or ``tol.first_step`` (none)."""
     if tol.first_step is not None:
         return torch.full_like(t0, tol.first_step)
+    f0 = field(t0, y0, params)
     scale = tuple(tol.atol + tol.rtol * y.abs() for y in y0)
     d0 = rms_norm(tuple(y / s for y, s in zip(y0, scale)), y0, y0, 0.0, 1.0)
     d1 = rms_norm(tuple(f / s for f, s in zip(f0, scale)), y0, y0, 0.0, 1.0)
@@ -184,6 +192,7 @@ def control(
     m, order, eps = t.shape[0] - 1, scheme.error_order, torch.finfo(t.dtype).eps
     y0 = state[:n_out]
     hmag = initial_step(field, t[0], y0, params, tol, order).abs()
+    n_first = 0 if tol.first_step is not None else 2  # the evaluations of initial_step
     zero = torch.zeros((), dtype=torch.long, device=t.device)
     zero_t = torch.zeros_like(t[0])
     start = Carry(
@@ -195,8 +204,14 @@ def control(
         memory=ctrl.init(hmag),
         growth=Growth(log_norm(y0), zero_t, zero_t, torch.full_like(zero_t, torch.inf)),
         blew_up=torch.zeros_like(zero, dtype=torch.bool),
-        stats=SolveStats(zero + 2, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
+        stats=SolveStats(zero + n_first, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
     )
+
+    def spent(active: Tensor) -> Tensor:
+        """1 for a trial that evaluated the field: every trial in plain eager code (which reads
+        the stop flag every ``check_every`` trials, so up to that many minus one run past the
+        end), an active one otherwise (each sample's own under ``vmap``)."""
+        return torch.ones_like(zero) if is_concrete(active) else active.long()
 
     def running(carry: Carry) -> Tensor:
         return (carry.interval < m) & ~carry.stats.failed
@@ -227,7 +242,7 @@ def control(
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
         memory = tuple(_select(active, a, b) for a, b in zip(memory, carry.memory))
         stats = SolveStats(
-            carry.stats.n_f_evals + active.long(),
+            carry.stats.n_f_evals + spent(active) * scheme.evaluations_per_step,
             carry.stats.n_accepted + ok.long(),
             carry.stats.n_rejected + (active & ~ok).long(),
             carry.stats.failed | (active & ~ok & tiny) | blew_up,

@@ -85,6 +85,14 @@ def check_replayable(func: Any, gradient: str) -> None:
             )
 
 
+def _slot(module: nn.Module, name: str) -> tuple[dict[str, Any], str]:
+    """The registry (``_parameters`` or ``_buffers`` of a submodule) holding ``name``, and its
+    key there."""
+    owner, _, key = name.rpartition(".")
+    sub = module.get_submodule(owner)
+    return (sub._parameters if key in sub._parameters else sub._buffers), key
+
+
 def bind_field(
     func: Callable[..., Any], *, tuple_state: bool, n_state: int, args: Sequence[Tensor]
 ) -> BoundField:
@@ -123,10 +131,13 @@ def bind_field(
     names = tuple(name for name, _ in named)
     own = tuple(x for _, x in named)
     m = len(own)
+    # Where each tensor lives, to see at every call whether the module holds it now: after
+    # torch.func.functional_call returns, MALI's backward still passes the substituted tensors.
+    slots = tuple(_slot(module, name) for name in names)
 
     def modular(t: Tensor, y: State, params: Params) -> State:
         tensors, extra = params[:m], params[m:]
-        if all(a is b for a, b in zip(tensors, own)):
+        if all(a is table.get(key) for a, (table, key) in zip(tensors, slots)):
             out = module(t, unpack(y), *extra)
         else:
             substituted = dict(zip(names, tensors))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import _mode
 from ._captures import (
     check_module_attributes,
+    check_module_inputs,
     check_no_capture,
     guard_captures,
     module_attributes,
@@ -168,15 +169,22 @@ def odeint(
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
-    check_replayable(func, gradient)
     check_per_sample(func)
+    if isinstance(args, Tensor) or not isinstance(args, (tuple, list)):
+        raise TypeError(
+            f"args must be a tuple or list of tensors, got {type(args).__name__} (one tensor: "
+            "args=(tensor,))"
+        )
     bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=tuple(args))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (t, *state, *bound.params)):
-        check_scheme(scheme, adaptive=steps is None, gradient=gradient)  # only when it matters
+        # Only when a gradient is asked for: the scheme's inverse, a replayable field.
+        check_scheme(scheme, adaptive=steps is None, gradient=gradient)
+        check_replayable(func, gradient)
     attributes: dict[str, Tensor] = {}
+    n_checks = 0  # field evaluations made by the checks, counted in the stats
     engine = gradient != "backprop"  # the Function sees only the tensors passed to it
     if not isinstance(func, nn.Module):
-        check_no_capture(bound, t[0], state)
+        n_checks = check_no_capture(bound, t[0], state)
         if engine and _mode.current() is _mode.Mode.EAGER and torch.is_grad_enabled():
             if not _mode.under_transform():
                 bound = dataclasses.replace(bound, field=guard_captures(bound.field))
@@ -189,18 +197,29 @@ def odeint(
     if torch.is_autocast_enabled(device_type):
         bound = dataclasses.replace(bound, field=autocast_field(bound.field, device_type))
     checked: list[bool] = []
+    # A module reading a tensor that is none of the solve's inputs: seen in the autograd graph of
+    # the first evaluation (eager code, where the graph exists).
+    graph_check = isinstance(func, nn.Module) and engine and torch.is_grad_enabled()
+    graph_check = graph_check and _mode.current() is _mode.Mode.EAGER
+    graph_check = graph_check and not _mode.under_transform()
 
     def field_checked(t_: Tensor, y_: State, p_: Params) -> State:
         out = bound.field(t_, y_, p_)
         check_output(out, state)
+        if not checked and attributes:
+            check_module_attributes(func, attributes)
+        if not checked and graph_check:
+            check_module_inputs(func, out, (t, *state, *bound.params))
         checked.append(True)
         return out
 
     start = scheme.init(field_checked, t[0], state, bound.params)
+    # One tensor twice among a solve's inputs (a field that returns its parameter as it is, kept
+    # in the state): torch.compile refuses that, so each repeat becomes its own copy.
+    start = _distinct(start, bound.params)
     if not checked:
-        check_output(bound.field(t[0], state, bound.params), state)
-    if attributes:
-        check_module_attributes(func, attributes)
+        field_checked(t[0], state, bound.params)
+    n_init = len(checked) + n_checks  # evaluations before the steps, counted in the stats
     probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
     tol = None
     if steps is None:
@@ -212,12 +231,24 @@ def odeint(
     if solve_stats is None:
         assert steps is not None
         count = torch.tensor(sum(steps), dtype=torch.long, device=t.device)
-        solve_stats = SolveStats(count + 1, count, torch.zeros_like(count), count < 0)
+        n_evals = count * scheme.evaluations_per_step + n_init
+        solve_stats = SolveStats(n_evals, count, torch.zeros_like(count), count < 0)
+    else:
+        solve_stats = solve_stats._replace(n_f_evals=solve_stats.n_f_evals + n_init)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
 
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
+
+
+def _distinct(start: State, params: Params) -> State:
+    seen = [*params]
+    out = []
+    for x in start:
+        out.append(x.clone() if any(x is y for y in seen) else x)
+        seen.append(x)
+    return tuple(out)
 
 
 def odeint_adjoint(

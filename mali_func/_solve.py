@@ -152,6 +152,12 @@ def reverse(
     return state, cot, acc, acc_t
 
 
+def _fresh(outputs: State, inputs: tuple[Tensor, ...]) -> State:
+    """``outputs``, with a copy of any that is one of the inputs (a field that returns one of
+    its parameters as it is): autograd.Function refuses to save an input returned as-is."""
+    return tuple(o.clone() if any(o is x for x in inputs) else o for o in outputs)
+
+
 @dataclass(frozen=True, eq=False)
 class Spec:
     """Everything about a solve that is not a tensor."""
@@ -206,20 +212,20 @@ class Solve(torch.autograd.Function):
             )
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
-            return (*trajs, *final[spec.n_out :], *rows)
+            return (*trajs, *_fresh(final[spec.n_out :], tensors), *rows)
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
             trajs, final, _ = forward(
                 spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out,
                 unroll=spec.unroll,
             )  # fmt: skip
-            return (*trajs, *final[spec.n_out :])
+            return (*trajs, *_fresh(final[spec.n_out :], tensors))
         trajs, final, records, count, stats = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
             spec.controller,
         )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
-        return (*trajs, *final[spec.n_out :], *records, count_t, *stats)
+        return (*trajs, *_fresh(final[spec.n_out :], tensors), *records, count_t, *stats)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:

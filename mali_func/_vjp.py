@@ -55,12 +55,24 @@ def autograd_vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[
     Each primal is a tensor or a flat tuple of tensors, and so is the output. Every primal but the
     last (states, times) gets a detached copy that requires grad, so the pullback never reaches
     into the graph they came from. In the last primal (the parameters, by the engine's
-    convention) tensors that require grad are used as they are (so a module's parameters keep
-    their identity) and the others get no cotangent, which comes back as ``None``.
+    convention) a leaf that requires grad is used as it is, once (so a module's parameters keep
+    their identity and the module is called directly); any other tensor that requires grad (one
+    computed from another input, such as a buffer ``b + 1``, or the same tensor passed twice)
+    gets its own detached copy, so that each input's cotangent is its own partial derivative and
+    not also the part that flows through another input. Tensors that do not require grad get no
+    cotangent, which comes back as ``None``.
     """
     flat, sizes = _flatten(primals)
     always = len(flat) - (1 if sizes[-1] < 0 else sizes[-1])
-    leaves = [x.detach().requires_grad_() if i < always else x for i, x in enumerate(flat)]
+    kept: set[int] = set()
+
+    def leaf(i: int, x: Tensor) -> Tensor:
+        if i >= always and (not x.requires_grad or (x.grad_fn is None and id(x) not in kept)):
+            kept.add(id(x))
+            return x
+        return x.detach().requires_grad_()
+
+    leaves = [leaf(i, x) for i, x in enumerate(flat)]
     with torch.enable_grad():
         out = fn(*_unflatten(leaves, sizes))
     single = isinstance(out, Tensor)

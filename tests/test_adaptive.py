@@ -68,8 +68,52 @@ def test_stats_add_up(field: MLPField) -> None:
     _, stats = odeint(field, y0, [0.0, 2.0], rtol=1e-7, atol=1e-9, first_step=1.0, stats=True)
     assert stats.n_rejected.item() >= 1  # a first step of 1.0 is far too large here
     trials = stats.n_accepted + stats.n_rejected
-    assert stats.n_f_evals.item() == trials.item() + 2  # + v0 and the first-step probe
+    # ALF: v0, then one per trial, also the < 8 after the end, before the stop flag is read.
+    assert 0 <= stats.n_f_evals.item() - (trials.item() + 1) < 8
     assert not stats.failed.item()
+
+
+class Counting(nn.Module):
+    """A field that counts its evaluations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3).double()
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return torch.tanh(self.lin(y)) - y
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_steps": 5},
+        {"method": "reversible_heun", "n_steps": 5},
+        {"method": "rk4", "n_steps": 5},
+        {"method": "rk4", "coupling": 0.9, "n_steps": 5},
+        {"method": "rk4", "coupling": None, "n_steps": 5, "gradient": "checkpoint"},
+        {"rtol": 1e-6, "atol": 1e-8},
+        {"rtol": 1e-6, "atol": 1e-8, "first_step": 0.05},
+        {"method": "tsit5", "rtol": 1e-6, "atol": 1e-8},
+        {"method": "bosh3", "coupling": 0.9, "rtol": 1e-6, "atol": 1e-8},
+        {"method": "dopri5", "coupling": None, "rtol": 1e-6, "gradient": "checkpoint"},
+        {"method": "tsit5", "rtol": 1e-6, "atol": 1e-8, "gradient": "backprop"},
+        {"method": "heun", "coupling": 0.8, "n_steps": 3, "gradient": "backprop"},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_n_f_evals_counts_every_evaluation_of_the_forward_solve(options: dict) -> None:
+    field = Counting()
+    y0 = torch.randn(4, 3, dtype=F64)
+    with torch.no_grad():
+        _, stats = odeint(field, y0, [0.0, 0.5, 2.0], stats=True, **options)
+    assert stats.n_f_evals.item() == field.calls
+    field.calls = 0
+    y0.requires_grad_()  # with a gradient: the same count, before the backward
+    _, stats = odeint(field, y0, [0.0, 0.5, 2.0], stats=True, **options)
+    assert stats.n_f_evals.item() == field.calls
 
 
 def test_vmap_gives_each_sample_its_own_steps() -> None:

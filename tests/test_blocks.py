@@ -125,3 +125,10 @@ def test_bad_block_arguments_are_named(kwargs: dict, error: type, match: str) ->
     call = {"field": MLPField(), "n_steps": 4, **kwargs}
     with pytest.raises(error, match=match):
         ODEBlock(call.pop("field"), **call)
+
+
+def test_a_tuple_input_to_a_block_is_refused_pointing_to_odeint() -> None:
+    block = ODEBlock(MLPField(), n_steps=4)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"ODEBlock takes one tensor x, got tuple.*odeint"):
+        block((x, x))

@@ -84,6 +84,8 @@ def f(t, y):
             r"options\['max_num_steps'\] or max_steps=",
         ),
         ({"args": (1.0,)}, TypeError, r"args\[0\] must be a torch.Tensor"),
+        ({"args": torch.ones(2)}, TypeError, r"args must be a tuple or list.*got Tensor"),
+        ({"args": 1.0}, TypeError, r"args must be a tuple or list.*got float"),
         ({"scheme": "alf"}, TypeError, "scheme must be a ReversibleScheme"),
         ({"scheme": ALF(0.9), "eta": 0.8}, ValueError, "set it on the scheme"),
     ],

@@ -140,6 +140,7 @@ class CoupledRK(ReversibleScheme):
         if not self.auto:
             self._lam = torch.scalar_tensor(coupling) if tracing() else float(coupling)
         self.order = tableau.order
+        self.evaluations_per_step = 2 * len(tableau.b)  # two base steps
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
 

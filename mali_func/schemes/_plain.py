@@ -36,6 +36,7 @@ class RungeKutta(ReversibleScheme):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
         self.tableau = tableau
         self.order = tableau.order
+        self.evaluations_per_step = len(tableau.b)
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
 

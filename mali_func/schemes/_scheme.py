@@ -65,6 +65,10 @@ class ReversibleScheme(abc.ABC):
     """Order ``q`` of :meth:`step_with_error`'s estimate; the controller scales by
     ``err^(-1/(q+1))``."""
 
+    evaluations_per_step: int = 1
+    """Field evaluations of one :meth:`step` (and of :meth:`step_with_error`), counted in
+    :class:`~mali_func.SolveStats` ``n_f_evals``; a scheme of your own declares its number."""
+
     def has(self, method: str) -> bool:
         """Whether this scheme implements ``method`` itself (not just the base class's stub)."""
         return getattr(type(self), method) is not getattr(ReversibleScheme, method)
