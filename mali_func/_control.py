@@ -62,10 +62,11 @@ class SolveStats(NamedTuple):
 
     ``n_f_evals`` counts the field evaluations of the forward solve: the checks of the field at
     ``t0`` and the scheme's start (:meth:`~mali_func.schemes.ReversibleScheme.init`), the
-    first-step estimate, and ``evaluations_per_step`` for every step tried (in eager code also
-    the few trials after the end that run before the stop flag is read; under ``vmap`` each
-    sample's own; ``gradient="backprop"`` runs an adaptive solve's accepted steps once more,
-    with autograd); not those of the backward pass.
+    first-step estimate, and ``evaluations_per_step`` for every step tried (under ``vmap`` each
+    sample's own): the same count in every mode. Not counted: the backward pass, the replay of
+    the accepted steps with autograd by an eager ``gradient="backprop"`` adaptive solve, and the
+    trials an eager solve runs past its end before it reads its stop flag
+    (:meth:`mali_func._loops.PythonLoops.while_`).
     """
 
     n_f_evals: Tensor
@@ -207,12 +208,6 @@ def control(
         stats=SolveStats(zero + n_first, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
     )
 
-    def spent(active: Tensor) -> Tensor:
-        """1 for a trial that evaluated the field: every trial in plain eager code (which reads
-        the stop flag every ``check_every`` trials, so up to that many minus one run past the
-        end), an active one otherwise (each sample's own under ``vmap``)."""
-        return torch.ones_like(zero) if is_concrete(active) else active.long()
-
     def running(carry: Carry) -> Tensor:
         return (carry.interval < m) & ~carry.stats.failed
 
@@ -242,7 +237,7 @@ def control(
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
         memory = tuple(_select(active, a, b) for a, b in zip(memory, carry.memory))
         stats = SolveStats(
-            carry.stats.n_f_evals + spent(active) * scheme.evaluations_per_step,
+            carry.stats.n_f_evals + active.long() * scheme.evaluations_per_step,
             carry.stats.n_accepted + ok.long(),
             carry.stats.n_rejected + (active & ~ok).long(),
             carry.stats.failed | (active & ~ok & tiny) | blew_up,

@@ -94,9 +94,6 @@ def dispatch(
             )
         grid = RecordedGrid(t, records, count)
         trajs = forward(python, scheme, field, grid, start, params, n_out)[0]
-        # The accepted steps run twice: to choose them, and again with autograd recording.
-        replayed = stats.n_f_evals + stats.n_accepted * scheme.evaluations_per_step
-        stats = stats._replace(n_f_evals=replayed)
         return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats
     # MALI, checkpointing; compiled adaptive backprop too (the same accepted steps, README).
     spec = Spec(
