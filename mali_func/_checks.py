@@ -174,11 +174,13 @@ def check_options(
             raise ValueError(
                 f"checkpoints is the budget of gradient='checkpoint'; got gradient={gradient!r}"
             )
-    if reconstruction_tol is not None:
+    if reconstruction_tol is not None and not (
+        isinstance(reconstruction_tol, str) and reconstruction_tol == "auto"
+    ):
         if isinstance(reconstruction_tol, bool) or not isinstance(reconstruction_tol, (int, float)):
             raise TypeError(
-                "reconstruction_tol must be a positive number or None, got "
-                f"{type(reconstruction_tol).__name__}"
+                "reconstruction_tol must be a positive number, 'auto' or None, got "
+                f"{reconstruction_tol!r}"
             )
         if not reconstruction_tol > 0:
             raise ValueError(f"reconstruction_tol must be positive, got {reconstruction_tol}")
