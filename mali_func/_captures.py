@@ -218,13 +218,15 @@ def _hidden_leaves(outputs: State, inputs: tuple[Tensor, ...]) -> list[Tensor]:
     """Leaves that require grad which the autograd graph of ``outputs`` reaches without passing
     through one of ``inputs`` (the tensors the solve differentiates)."""
     leaves = {id(x) for x in inputs if x.grad_fn is None}
-    stops = {id(x.grad_fn) for x in inputs if x.grad_fn is not None}
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    # An input computed in the graph is an edge: (its grad_fn, which of that node's outputs it
+    # is); another output of the same node (a sibling from unbind or split) is not an input.
+    stops = {(id(x.grad_fn), x.output_nr) for x in inputs if x.grad_fn is not None}
+    stack = [(o.grad_fn, o.output_nr) for o in outputs if o.grad_fn is not None]
     seen: set[int] = set()
     found: list[Tensor] = []
     while stack:
-        node = stack.pop()
-        if id(node) in seen or id(node) in stops:
+        node, nr = stack.pop()
+        if (id(node), nr) in stops or id(node) in seen:
             continue
         seen.add(id(node))
         variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
@@ -232,7 +234,7 @@ def _hidden_leaves(outputs: State, inputs: tuple[Tensor, ...]) -> list[Tensor]:
             if id(variable) not in leaves:
                 found.append(variable)
             continue
-        stack.extend(n for n, _ in node.next_functions if n is not None)
+        stack.extend((n, i) for n, i in node.next_functions if n is not None)
     return found
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from .schemes import Field, Params, State
 
@@ -85,12 +86,28 @@ def check_replayable(func: Any, gradient: str) -> None:
             )
 
 
-def _slot(module: nn.Module, name: str) -> tuple[dict[str, Any], str]:
-    """The registry (``_parameters`` or ``_buffers`` of a submodule) holding ``name``, and its
-    key there."""
-    owner, _, key = name.rpartition(".")
-    sub = module.get_submodule(owner)
-    return (sub._parameters if key in sub._parameters else sub._buffers), key
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    """``a`` is a detached alias of ``b`` (same memory, shape and strides): calling a module that
+    holds ``b`` computes with ``a``'s values."""
+    if type(a) is not Tensor or a.requires_grad or not isinstance(b, Tensor):
+        return False
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+def _slots(
+    module: nn.Module, names: tuple[str, ...]
+) -> tuple[tuple[dict[str, Any], str, bool] | None, ...]:
+    """For each tensor name, the registry (``_parameters`` or ``_buffers`` of a submodule) that
+    holds it, its key there and whether it is a parameter; ``None`` for a ScriptModule."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return (None,) * len(names)
+    slots = []
+    for name in names:
+        owner, _, key = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        parameter = key in sub._parameters
+        slots.append((sub._parameters if parameter else sub._buffers, key, parameter))
+    return tuple(slots)
 
 
 def bind_field(
@@ -117,27 +134,43 @@ def bind_field(
         return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
 
     module = func
+    lazy = [n for n, x in (*module.named_parameters(), *module.named_buffers()) if is_lazy(x)]
+    if lazy:
+        raise ValueError(
+            f"func has uninitialized lazy parameters ({', '.join(lazy)}): the engine must be "
+            "given every tensor before the solve; call func(t0, y0) once first, which "
+            "initializes them"
+        )
     # Batch-norm running statistics are state, not inputs: differentiating them (as torch.func
     # does with every input) is an error in batch_norm.
     stats = {
         id(b) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         for b in (m.running_mean, m.running_var) if b is not None
     }  # fmt: skip
-    named = [
-        (name, x)
-        for name, x in (*module.named_parameters(), *module.named_buffers())
-        if (x.is_floating_point() or x.is_complex()) and id(x) not in stats
-    ]
+    named: list[tuple[str, Tensor]] = []
+    for name, x in (*module.named_parameters(), *module.named_buffers()):
+        # Once each (a tensor both a parameter and a buffer: functional_call ties the names).
+        if (x.is_floating_point() or x.is_complex()) and id(x) not in stats:
+            stats.add(id(x))
+            named.append((name, x))
     names = tuple(name for name, _ in named)
     own = tuple(x for _, x in named)
     m = len(own)
-    # Where each tensor lives, to see at every call whether the module holds it now: after
+    # Where each parameter lives, to see at every call whether the module holds it now: after
     # torch.func.functional_call returns, MALI's backward still passes the substituted tensors.
-    slots = tuple(_slot(module, name) for name in names)
+    # A buffer counts as held while it is the one bound here too (a module may reassign its
+    # buffers as it runs, e.g. running statistics).
+    slots = _slots(module, names)
+
+    def held(a: Tensor, bound: Tensor, slot: tuple[dict[str, Any], str, bool] | None) -> bool:
+        if slot is None:  # a ScriptModule: functional_call cannot substitute its tensors
+            return a is bound or _same_memory(a, bound)
+        table, key, parameter = slot
+        return a is table.get(key) or (not parameter and a is bound)
 
     def modular(t: Tensor, y: State, params: Params) -> State:
         tensors, extra = params[:m], params[m:]
-        if all(a is table.get(key) for a, (table, key) in zip(tensors, slots)):
+        if all(held(a, b, s) for a, b, s in zip(tensors, own, slots)):
             out = module(t, unpack(y), *extra)
         else:
             substituted = dict(zip(names, tensors))

@@ -212,7 +212,7 @@ def odeint(
         if not checked and attributes:
             check_module_attributes(func, attributes)
         if not checked and graph_check:
-            check_module_inputs(func, out, (t, *state, *bound.params))
+            check_module_inputs(func, out, (t, t_, *state, *y_, *bound.params, *p_))
         checked.append(True)
         return out
 

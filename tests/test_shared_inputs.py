@@ -190,3 +190,95 @@ def test_a_field_that_returns_its_parameter_as_it_is_gets_the_backprop_gradient(
         assert torch.allclose(ys[-1], field.b.detach())
         grads.append(torch.autograd.grad((ys[-1] * ys[-1].detach().cos()).sum(), field.b))
     assert_close_all(grads[0], grads[1], rtol=1e-9)
+
+
+class Counts(nn.Module):
+    """Reassigns a buffer as it runs (as hand-written running statistics do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2).double()
+        self.register_buffer("calls", torch.zeros((), dtype=F64))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls = self.calls + 1
+        return torch.tanh(self.lin(y))
+
+
+@pytest.mark.parametrize("gradient", ["mali", "backprop"])
+def test_a_buffer_the_module_reassigns_advances_at_every_evaluation(gradient: str) -> None:
+    field = Counts()
+    y0 = torch.randn(3, 2, dtype=F64)
+    _, stats = odeint(field, y0, [0.0, 1.0], n_steps=10, gradient=gradient, stats=True)
+    assert field.calls.item() == stats.n_f_evals.item() == 11
+
+
+class TiedBuffer(nn.Module):
+    """One tensor registered as a parameter here and as a buffer in a submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3).double()
+        self.b = nn.Module()
+        self.b.register_buffer("w", self.a.weight)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(self.a(y)) + 0.1 * y @ self.b.w
+
+
+class Scriptable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3).double()
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(self.lin(y))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script. is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["tied_buffer", "jit_script"])
+def test_unusual_modules_get_the_backprop_gradient(config: str, kind: str) -> None:
+    torch.manual_seed(0)
+    field = TiedBuffer() if kind == "tied_buffer" else torch.jit.script(Scriptable())
+    y0 = torch.randn(2, 3, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    grads = []
+    for options in _gradients(CONFIGS[config]):
+        ys = odeint(field, y0, t, **options)
+        grads.append(torch.autograd.grad(ys[-1].square().sum(), list(field.parameters())))
+    assert_close_all(grads[0], grads[1], rtol=1e-9)
+
+
+W = torch.randn(2, 3, dtype=F64, requires_grad=True)
+FIRST, SECOND = W.unbind(0)  # y0 is FIRST; the field reads its sibling SECOND as a global
+
+
+class ReadsSibling(Net):
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(y) * SECOND
+
+
+def test_a_tensor_from_the_same_op_as_y0_is_not_mistaken_for_an_input() -> None:
+    with pytest.raises(TypeError, match=r"requires grad.*'SECOND'"):
+        odeint(ReadsSibling(), FIRST, [0.0, 1.0], n_steps=4)
+
+
+class LazyField(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.LazyLinear(3, dtype=F64)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(self.lin(y))
+
+
+def test_a_lazy_module_is_refused_until_initialized() -> None:
+    field = LazyField()
+    y0 = torch.randn(2, 3, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"uninitialized lazy parameters \(lin.weight, lin.bias"):
+        odeint(field, y0, t, n_steps=4)
+    field(t[0], y0)  # initializes them
+    odeint(field, y0, t, n_steps=4).sum().backward()
+    assert field.lin.weight.grad is not None
