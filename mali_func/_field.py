@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from .schemes import Field, Params, State
 
@@ -134,7 +134,10 @@ def bind_field(
         return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
 
     module = func
-    lazy = [n for n, x in (*module.named_parameters(), *module.named_buffers()) if is_lazy(x)]
+    lazy = [
+        n for n, x in (*module.named_parameters(), *module.named_buffers())
+        if isinstance(x, (UninitializedParameter, UninitializedBuffer))
+    ]  # fmt: skip
     if lazy:
         raise ValueError(
             f"func has uninitialized lazy parameters ({', '.join(lazy)}): the engine must be "
