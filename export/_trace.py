@@ -68,6 +68,20 @@ def _dynamic_shapes(args: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
     return tuple({0: batch} for _ in args)
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+"""The exporter's per-node metadata holding the Python stack that created the node: about half
+of a small model's file, and the exporting machine's source paths, which a deployed file has no
+use for."""
+
+
+def _strip_stack_traces(graph: Any) -> None:
+    """Drop :data:`STACK_TRACE` from every node of ``graph`` and of its loop bodies."""
+    import onnx_ir  # installed with onnx's exporter dependencies (onnxscript)
+
+    for node in onnx_ir.traversal.RecursiveGraphIterator(graph):
+        node.metadata_props.pop(STACK_TRACE, None)
+
+
 def export_file(
     model: nn.Module,
     args: tuple[Tensor, ...],
@@ -103,6 +117,7 @@ def export_file(
         raise ExportError(f"torch.onnx.export could not export the model: {reason}") from err
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
+    _strip_stack_traces(program.model.graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(path)
     return time.perf_counter() - start

@@ -159,6 +159,25 @@ def test_graph_does_not_grow_with_steps(exported) -> None:
     assert exported["grid"][1].nodes <= small.nodes
 
 
+def _metadata_keys(graph: onnx.GraphProto) -> set[str]:
+    keys: set[str] = set()
+    for node in graph.node:
+        keys |= {p.key for p in node.metadata_props}
+        for attribute in node.attribute:
+            for body in (attribute.g, *attribute.graphs):
+                keys |= _metadata_keys(body)
+    return keys
+
+
+@pytest.mark.parametrize("key", ["5", "grid"])
+def test_the_file_carries_no_stack_traces_or_source_paths(exported, key) -> None:
+    path = exported[key][1].path
+    keys = _metadata_keys(onnx.load(str(path)).graph)
+    assert "pkg.torch.onnx.fx_node" in keys  # the walk reaches the metadata that stays
+    assert "pkg.torch.onnx.stack_trace" not in keys
+    assert str(Path(mali_func.__file__).parent).encode() not in path.read_bytes()
+
+
 def test_exported_graph_has_a_dynamic_batch_and_no_training_ops(exported) -> None:
     proto = onnx.load(str(exported["5"][1].path))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
