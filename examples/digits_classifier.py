@@ -133,7 +133,8 @@ def main() -> None:
         world=world,
     )
     if world > 1:
-        dist.destroy_process_group()
+        dist.barrier()  # torch 2.13 gloo: a rank destroying its group while another is still
+        dist.destroy_process_group()  # finishing its last collective can hang the other
         if rank > 0:
             return
 
