@@ -263,15 +263,32 @@ def check_module_inputs(module: nn.Module, outputs: State, inputs: tuple[Tensor,
     the solve); a tensor read only at later times is not seen.
     """
     hidden = _hidden_leaves(outputs, inputs)
-    if not hidden:
-        return
-    leaf = hidden[0]
-    names = [f"func.{p}" for p in _holders(module, leaf)]
+    if hidden:
+        raise _hidden_error(module, hidden[0])
+
+
+def check_module_detached(bound: BoundField, t0: Tensor, y0: State) -> None:
+    """:func:`check_module_inputs` where the autograd graph cannot be read (``torch.compile``
+    traces): one evaluation on detached inputs and tensors, whose output can then require grad
+    only through a tensor the solve is not given. Batch statistics are not updated by it."""
+    module = bound.module
+    assert module is not None
+    detached = tuple(y.detach() for y in y0)
+    params = tuple(p.detach() for p in bound.params)
+    with torch.enable_grad(), bound.replaying():
+        out = bound.field(t0.detach(), detached, params)
+    if any(o.requires_grad for o in out):
+        raise _hidden_error(module, None)
+
+
+def _hidden_error(module: nn.Module, leaf: Tensor | None) -> TypeError:
+    names = [] if leaf is None else [f"func.{p}" for p in _holders(module, leaf)]
     forward = getattr(type(module), "forward", None)
     names += _captured_names(forward) if forward is not None else []
     where = f" ({', '.join(repr(n) for n in names)})" if names else ""
-    raise TypeError(
-        f"func's output depends on a tensor of shape {tuple(leaf.shape)} that requires grad but "
+    shape = "" if leaf is None else f" of shape {tuple(leaf.shape)}"
+    return TypeError(
+        f"func's output depends on a tensor{shape} that requires grad but "
         f"is none of func's parameters or buffers, nor in args{where}, so gradient='mali', "
         "which differentiates only the tensors passed to it, would lose its gradient; register "
         "it in the module (a layer held in a list: nn.ModuleList or nn.ModuleDict; a tensor: "

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import _mode
 from ._captures import (
     check_module_attributes,
+    check_module_detached,
     check_module_inputs,
     check_no_capture,
     guard_captures,
@@ -223,6 +224,11 @@ def odeint(
     if not checked:
         field_checked(t[0], state, bound.params)
     n_init = len(checked) + n_checks  # evaluations before the steps, counted in the stats
+    if engine and isinstance(func, nn.Module) and torch.is_grad_enabled():
+        if _mode.current() is _mode.Mode.COMPILE and not _mode.under_transform():
+            # No autograd graph to read while dynamo traces: one detached evaluation instead
+            # (traced, its result unused; not counted in the stats).
+            check_module_detached(bound, t[0], state)
     probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
     tol = None
     if steps is None:

@@ -282,3 +282,22 @@ def test_a_lazy_module_is_refused_until_initialized() -> None:
     field(t[0], y0)  # initializes them
     odeint(field, y0, t, n_steps=4).sum().backward()
     assert field.lin.weight.grad is not None
+
+
+def test_a_compiled_solve_refuses_a_module_reading_a_tensor_outside_its_inputs(
+    fresh_dynamo,
+) -> None:
+    """Dynamo's trace has no autograd graph to read: one detached evaluation finds the tensor
+    (before, the compiled MALI gradient of SCALE was 3e-3 of backprop's, with no error)."""
+    y0 = torch.randn(3, 2, dtype=F64)
+
+    def loss(y: Tensor) -> Tensor:
+        return odeint(ReadsGlobal(), y, torch.tensor([0.0, 1.0], dtype=F64), n_steps=4).sum()
+
+    with pytest.raises(TypeError, match=r"requires grad.*'SCALE'.*args="):
+        torch.compile(loss, backend="aot_eager")(y0)
+    backprop = torch.compile(
+        lambda y: odeint(ReadsGlobal(), y, [0.0, 1.0], n_steps=4, gradient="backprop").sum(),
+        backend="aot_eager",
+    )
+    assert torch.autograd.grad(backprop(y0), SCALE)[0].abs().sum() > 0
