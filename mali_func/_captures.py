@@ -85,13 +85,19 @@ def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> int:
     """
     if not torch.is_grad_enabled():
         return 0
-    detached = tuple(y.detach() for y in y0)
-    params = tuple(p.detach() for p in bound.params)
-    with torch.enable_grad():
-        out = bound.field(t0.detach(), detached, params)
-    if any(o.requires_grad for o in out):
+    if _reads_hidden(bound, t0, y0):
         raise _captured(bound.field)
     return 1
+
+
+def _reads_hidden(bound: BoundField, t0: Tensor, y0: State) -> bool:
+    """Evaluate the field on detached inputs and tensors with grad enabled (batch statistics not
+    updated): its output then requires grad only through a tensor the solve is not given."""
+    detached = tuple(y.detach() for y in y0)
+    params = tuple(p.detach() for p in bound.params)
+    with torch.enable_grad(), bound.replaying():
+        out = bound.field(t0.detach(), detached, params)
+    return any(o.requires_grad for o in out)
 
 
 def _plain(x: Tensor) -> Tensor:
@@ -269,16 +275,10 @@ def check_module_inputs(module: nn.Module, outputs: State, inputs: tuple[Tensor,
 
 def check_module_detached(bound: BoundField, t0: Tensor, y0: State) -> None:
     """:func:`check_module_inputs` where the autograd graph cannot be read (``torch.compile``
-    traces): one evaluation on detached inputs and tensors, whose output can then require grad
-    only through a tensor the solve is not given. Batch statistics are not updated by it."""
-    module = bound.module
-    assert module is not None
-    detached = tuple(y.detach() for y in y0)
-    params = tuple(p.detach() for p in bound.params)
-    with torch.enable_grad(), bound.replaying():
-        out = bound.field(t0.detach(), detached, params)
-    if any(o.requires_grad for o in out):
-        raise _hidden_error(module, None)
+    traces): one evaluation on detached inputs (:func:`_reads_hidden`)."""
+    assert bound.module is not None
+    if _reads_hidden(bound, t0, y0):
+        raise _hidden_error(bound.module, None)
 
 
 def _hidden_error(module: nn.Module, leaf: Tensor | None) -> TypeError:

@@ -134,16 +134,6 @@ def bind_field(
         return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
 
     module = func
-    lazy = [
-        n for n, x in (*module.named_parameters(), *module.named_buffers())
-        if isinstance(x, (UninitializedParameter, UninitializedBuffer))
-    ]  # fmt: skip
-    if lazy:
-        raise ValueError(
-            f"func has uninitialized lazy parameters ({', '.join(lazy)}): the engine must be "
-            "given every tensor before the solve; call func(t0, y0) once first, which "
-            "initializes them"
-        )
     # Batch-norm running statistics are state, not inputs: differentiating them (as torch.func
     # does with every input) is an error in batch_norm.
     stats = {
@@ -151,11 +141,20 @@ def bind_field(
         for b in (m.running_mean, m.running_var) if b is not None
     }  # fmt: skip
     named: list[tuple[str, Tensor]] = []
+    lazy: list[str] = []
     for name, x in (*module.named_parameters(), *module.named_buffers()):
+        if isinstance(x, (UninitializedParameter, UninitializedBuffer)):
+            lazy.append(name)
         # Once each (a tensor both a parameter and a buffer: functional_call ties the names).
-        if (x.is_floating_point() or x.is_complex()) and id(x) not in stats:
+        elif (x.is_floating_point() or x.is_complex()) and id(x) not in stats:
             stats.add(id(x))
             named.append((name, x))
+    if lazy:
+        raise ValueError(
+            f"func has uninitialized lazy parameters ({', '.join(lazy)}): the engine must be "
+            "given every tensor before the solve; call func(t0, y0) once first, which "
+            "initializes them"
+        )
     names = tuple(name for name, _ in named)
     own = tuple(x for _, x in named)
     m = len(own)

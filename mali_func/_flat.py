@@ -10,7 +10,7 @@ rows, which compiled code and ONNX (one ``Loop`` node) both run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,17 @@ def take(x: Tensor, j: Index) -> Tensor:
     if isinstance(j, int):
         return x[j]
     return x.index_select(0, j.reshape(1)).squeeze(0)
+
+
+def unaliased(new: Sequence[Tensor], old: Sequence[Tensor]) -> list[Tensor]:
+    """``new``, with a copy of each tensor that is one of ``old`` or an earlier one of ``new``:
+    ``scan`` forbids body outputs that alias its inputs or each other, ``torch.compile`` one
+    tensor passed twice to a Function, and a Function returning an input as it is cannot save
+    it."""
+    out: list[Tensor] = []
+    for x in new:
+        out.append(x.clone() if any(x is y for y in (*old, *out)) else x)
+    return out
 
 
 def flatten(tree: Any) -> tuple[list[Tensor], Callable[[Any], Any]]:

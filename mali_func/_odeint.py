@@ -40,6 +40,7 @@ from ._control import SolveStats, Tolerances
 from ._dispatch import dispatch
 from ._drift import DriftMonitor, default_reconstruction_tol
 from ._field import autocast_field, bind_field, check_output, check_replayable
+from ._flat import unaliased
 from ._traced_transforms import check_per_sample
 from .schemes import COUPLING_DEFAULT, TABLEAUS, Params, ReversibleScheme, State, scheme_for
 
@@ -202,10 +203,11 @@ def odeint(
         bound = dataclasses.replace(bound, field=autocast_field(bound.field, device_type))
     checked: list[bool] = []
     # A module reading a tensor that is none of the solve's inputs: seen in the autograd graph of
-    # the first evaluation (eager code, where the graph exists).
-    graph_check = isinstance(func, nn.Module) and engine and torch.is_grad_enabled()
-    graph_check = graph_check and _mode.current() is _mode.Mode.EAGER
-    graph_check = graph_check and not _mode.under_transform()
+    # the first evaluation in eager code; while dynamo traces (no graph to read) by one detached
+    # evaluation after the start (traced, its result unused; not counted in the stats).
+    module_check = isinstance(func, nn.Module) and engine and torch.is_grad_enabled()
+    module_check = module_check and not _mode.under_transform()
+    graph_check = module_check and _mode.current() is _mode.Mode.EAGER
 
     def field_checked(t_: Tensor, y_: State, p_: Params) -> State:
         out = bound.field(t_, y_, p_)
@@ -220,15 +222,12 @@ def odeint(
     start = scheme.init(field_checked, t[0], state, bound.params)
     # One tensor twice among a solve's inputs (a field that returns its parameter as it is, kept
     # in the state): torch.compile refuses that, so each repeat becomes its own copy.
-    start = _distinct(start, bound.params)
+    start = tuple(unaliased(start, bound.params))
     if not checked:
         field_checked(t[0], state, bound.params)
     n_init = len(checked) + n_checks  # evaluations before the steps, counted in the stats
-    if engine and isinstance(func, nn.Module) and torch.is_grad_enabled():
-        if _mode.current() is _mode.Mode.COMPILE and not _mode.under_transform():
-            # No autograd graph to read while dynamo traces: one detached evaluation instead
-            # (traced, its result unused; not counted in the stats).
-            check_module_detached(bound, t[0], state)
+    if module_check and _mode.current() is _mode.Mode.COMPILE:
+        check_module_detached(bound, t[0], state)
     probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
     tol = None
     if steps is None:
@@ -249,15 +248,6 @@ def odeint(
 
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
-
-
-def _distinct(start: State, params: Params) -> State:
-    seen = [*params]
-    out = []
-    for x in start:
-        out.append(x.clone() if any(x is y for y in seen) else x)
-        seen.append(x)
-    return tuple(out)
 
 
 def odeint_adjoint(

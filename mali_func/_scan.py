@@ -16,16 +16,18 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops import scan
 
-from ._flat import Cond, Count, Index, WhileBody, counter, flatten, tensors_of, while_loop_collect
+from ._flat import (
+    Cond,
+    Count,
+    Index,
+    WhileBody,
+    counter,
+    flatten,
+    tensors_of,
+    unaliased,
+    while_loop_collect,
+)
 from ._mode import Mode
-
-
-def _unaliased(new: list[Tensor], old: list[Tensor]) -> list[Tensor]:
-    """``scan`` forbids body outputs that are its inputs or each other: copy those."""
-    out: list[Tensor] = []
-    for x in new:
-        out.append(x.clone() if any(x is y for y in (*old, *out)) else x)
-    return out
 
 
 class ScanLoops:
@@ -47,7 +49,7 @@ class ScanLoops:
         def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Tensor]:
             j, xs = c
             out = tensors_of(body(j, rebuild(xs)))
-            return (j + 1, _unaliased(out, list(xs))), row.clone()
+            return (j + 1, unaliased(out, list(xs))), row.clone()
 
         (_, final), _ = scan(step, (counter(like), list(leaves)), rows)
         return rebuild(final)
@@ -65,7 +67,7 @@ class ScanLoops:
         def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Any]:
             j, xs = c
             new, ys = body(j, rebuild(xs))
-            return (j + 1, _unaliased(tensors_of(new), list(xs))), [y.clone() for y in ys]
+            return (j + 1, unaliased(tensors_of(new), list(xs))), [y.clone() for y in ys]
 
         (_, final), ys = scan(step, (counter(like), list(leaves)), rows)
         return rebuild(final), tuple(ys)

@@ -34,7 +34,7 @@ from torch import Tensor
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
 from ._control import Controller, SolveStats, Tolerances, control
 from ._drift import reconstruction_error, warn_if_drifted
-from ._flat import take
+from ._flat import take, unaliased
 from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops, PythonLoops, ScanLoops
 from .schemes import Field, Params, ReversibleScheme, State
@@ -152,12 +152,6 @@ def reverse(
     return state, cot, acc, acc_t
 
 
-def _fresh(outputs: State, inputs: tuple[Tensor, ...]) -> State:
-    """``outputs``, with a copy of any that is one of the inputs (a field that returns one of
-    its parameters as it is): autograd.Function refuses to save an input returned as-is."""
-    return tuple(o.clone() if any(o is x for x in inputs) else o for o in outputs)
-
-
 @dataclass(frozen=True, eq=False)
 class Spec:
     """Everything about a solve that is not a tensor."""
@@ -212,20 +206,20 @@ class Solve(torch.autograd.Function):
             )
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
-            return (*trajs, *_fresh(final[spec.n_out :], tensors), *rows)
+            return (*trajs, *unaliased(final[spec.n_out :], tensors), *rows)
         if spec.tol is None:
             grid = UniformGrid(t, spec.counts if n is None else n)
             trajs, final, _ = forward(
                 spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out,
                 unroll=spec.unroll,
             )  # fmt: skip
-            return (*trajs, *_fresh(final[spec.n_out :], tensors))
+            return (*trajs, *unaliased(final[spec.n_out :], tensors))
         trajs, final, records, count, stats = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
             spec.controller,
         )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
-        return (*trajs, *_fresh(final[spec.n_out :], tensors), *records, count_t, *stats)
+        return (*trajs, *unaliased(final[spec.n_out :], tensors), *records, count_t, *stats)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
