@@ -8,6 +8,7 @@ constant in the number of steps and the gradient is that of the discrete forward
 
 from ._blocks import ODEBlock
 from ._control import SolveStats
+from ._controllers import Controller, IntegralController
 from ._drift import CouplingWarning, DriftMonitor, ReconstructionWarning
 from ._odeint import odeint, odeint_adjoint
 from ._privacy import DPODEBlock, prepare_for_opacus
@@ -16,10 +17,12 @@ from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleS
 __all__ = [
     "ALF",
     "ButcherTableau",
+    "Controller",
     "CoupledRK",
     "CouplingWarning",
     "DPODEBlock",
     "DriftMonitor",
+    "IntegralController",
     "ODEBlock",
     "ReconstructionWarning",
     "ReversibleHeun",

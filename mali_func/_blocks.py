@@ -42,7 +42,8 @@ class ODEBlock(nn.Module):
             (``(len(t_eval), *x.shape)``) instead of the state at ``t1``.
         **odeint_options: keyword arguments of :func:`mali_func.odeint`: a fixed grid
             (``n_steps`` or ``step_size``) or adaptive steps (``rtol``, ``atol``, ``max_steps``,
-            ``first_step``; the default when no grid is given, with odeint's tolerances), and
+            ``first_step``, ``controller``; the default when no grid is given, with odeint's
+            tolerances), and
             ``method``, ``eta``, ``coupling``, ``gradient``, ``checkpoints``, ``scheme``,
             ``monitor``, ``reconstruction_tol``.
 
@@ -127,7 +128,7 @@ class ODEBlock(nn.Module):
         return ", ".join(parts)
 
 
-_ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step")
+_ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step", "controller")
 
 _ODEINT_OPTIONS = {
     *_ADAPTIVE_OPTIONS,
@@ -154,7 +155,10 @@ def _check_options(times: Tensor, options: dict[str, Any]) -> None:
         return options.get(name, defaults[name])
 
     steps = check_steps(get("n_steps"), get("step_size"), times)
-    check_adaptive(steps is None, get("rtol"), get("atol"), get("max_steps"), get("first_step"))
+    check_adaptive(
+        steps is None, get("rtol"), get("atol"), get("max_steps"), get("first_step"),
+        get("controller"),
+    )  # fmt: skip
     check_options(
         get("gradient"), get("reconstruction_tol"), get("monitor"), DriftMonitor, get("checkpoints")
     )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._controllers import Controller, IntegralController, Tolerances
 from ._mode import is_concrete
 from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 
@@ -199,23 +200,21 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 
 def check_adaptive(
-    adaptive: bool, rtol: Any, atol: Any, max_steps: Any, first_step: Any
-) -> tuple[float, float, int, float | None]:
-    """Resolve the adaptive options; they are refused beside ``n_steps`` or ``step_size``."""
+    adaptive: bool, rtol: Any, atol: Any, max_steps: Any, first_step: Any, controller: Any = None
+) -> Tolerances | None:
+    """The settings of an adaptive solve; they are refused beside ``n_steps`` or ``step_size``."""
     if not adaptive:
-        given = [
-            n
-            for n, v in (("rtol", rtol), ("atol", atol), ("first_step", first_step))
-            if v is not None
-        ]
-        if max_steps is not None:
-            given.append("max_steps")
+        options = (
+            ("rtol", rtol), ("atol", atol), ("first_step", first_step), ("max_steps", max_steps),
+            ("controller", controller),
+        )  # fmt: skip
+        given = [n for n, v in options if v is not None]
         if given:
             raise ValueError(
                 f"{', '.join(given)} apply to adaptive solves only; drop them or drop "
                 "n_steps/step_size"
             )
-        return 0.0, 0.0, 0, None
+        return None
     r = _positive("rtol", 1e-3 if rtol is None else rtol, allow_zero=True)
     a = _positive("atol", 1e-6 if atol is None else atol, allow_zero=True)
     if r == 0 and a == 0:
@@ -227,4 +226,12 @@ def check_adaptive(
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     first = None if first_step is None else _positive("first_step", first_step)
-    return r, a, max_steps, first
+    if controller is None:
+        controller = IntegralController()
+    elif isinstance(controller, type) or not isinstance(controller, Controller):
+        raise TypeError(
+            "controller must be an object with methods init(h0) and propose(memory, err, h, "
+            "order), such as mali_func.IntegralController(), got "
+            f"{controller!r}"
+        )
+    return Tolerances(r, a, max_steps, first, controller)

@@ -1,18 +1,11 @@
 """Adaptive step-size control, written once for every loop backend.
 
-The error estimate comes from the scheme (:meth:`ReversibleScheme.step_with_error`; ALF's is the
-MALI paper's ``e = h (u - v)``), measured with the mixed RMS norm over every element of the
-solution,
-
-    err = sqrt(mean((e / (atol + rtol * max(|y|, |y'|)))^2)),
-
-and judged by a controller (:class:`Controller`). The default, :class:`IntegralController`,
-accepts when ``err <= 1`` and proposes ``h * clip(safety * err^(-1/(q+1)), 0.2, 10)`` for an
-estimate of order ``q`` (ALF: ``q = 1``, the paper package's ``err^(-1/2)``), with no growth
-right after a rejection. A step shortened to land on an output time keeps the proposal it was cut
-from for the step after it, so an output time costs at most the one step it splits in two, and a
-proposal less than 10% short of an output time is stretched to land on it (no sliver step). The
-first step is the Hairer-Wanner estimate (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4).
+Each trial takes a step with the scheme's error estimate (:meth:`ReversibleScheme.step_with_error`),
+measures it with the mixed RMS norm and lets the solve's controller accept or reject it and
+propose the next size (:mod:`mali_func._controllers`). A step shortened to land on an output time
+keeps the proposal it was cut from for the step after it, so an output time costs at most the one
+step it splits in two, and a proposal less than 10% short of an output time is stretched to land
+on it (no sliver step).
 
 A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
 the time (underflow; a non-finite trial has a NaN error and is rejected until then), or when the
@@ -27,13 +20,13 @@ inside a ``while_loop``. Each trial yields a record ``(i, c, theta, accepted, en
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._blowup import Growth, blow_up, log_norm
+from ._controllers import Tolerances, initial_step, rms_norm
 from ._grid import Records, buffers, span, write_row
 from ._loops import Loops
 from ._mode import is_concrete
@@ -46,15 +39,6 @@ ALF_HINT = (
     "ALF is stable only for oscillatory dynamics (where the field contracts, its parasitic "
     "mode grows and the steps shrink): for other fields use method='tsit5' or 'dopri5'"
 )
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    rtol: float
-    atol: float
-    max_steps: int
-    first_step: float | None
-    check_every: int = 8
 
 
 class SolveStats(NamedTuple):
@@ -73,84 +57,6 @@ class SolveStats(NamedTuple):
     n_accepted: Tensor
     n_rejected: Tensor
     failed: Tensor
-
-
-def _root(x: Tensor, order: int) -> Tensor:
-    """``x^(1/(order+1))``; for ``order = 1`` exactly ``sqrt``."""
-    return x.sqrt() if order == 1 else x.pow(1.0 / (order + 1))
-
-
-def _inverse_root(x: Tensor, order: int) -> Tensor:
-    """``x^(-1/(order+1))``; for ``order = 1`` exactly ``rsqrt``."""
-    return x.rsqrt() if order == 1 else x.pow(-1.0 / (order + 1))
-
-
-class Controller(Protocol):
-    """Accepts or rejects a trial step and proposes the next step size."""
-
-    def init(self, h0: Tensor) -> tuple[Tensor, ...]:
-        """The controller's own carried state."""
-        ...
-
-    def propose(
-        self, memory: tuple[Tensor, ...], err: Tensor, h: Tensor, order: int
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """``(accept, h_next, memory)`` from the error norm of a trial of size ``|h|``."""
-        ...
-
-
-@dataclass(frozen=True)
-class IntegralController:
-    """The classic controller (module docs); its memory is "the last trial was rejected"."""
-
-    safety: float = 0.9
-    min_factor: float = 0.2
-    max_factor: float = 10.0
-
-    def init(self, h0: Tensor) -> tuple[Tensor, ...]:
-        return (torch.zeros((), dtype=torch.bool, device=h0.device),)
-
-    def propose(
-        self, memory: tuple[Tensor, ...], err: Tensor, h: Tensor, order: int
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        accept = err <= 1
-        factor = self.safety * _inverse_root(err.clamp_min(1e-10), order)
-        cap = torch.where(memory[0] | ~accept, 1.0, self.max_factor).to(factor.dtype)
-        factor = torch.where(
-            torch.isfinite(err), torch.minimum(factor.clamp(min=self.min_factor), cap), 0.2
-        )
-        return accept, h * factor, (~accept,)
-
-
-def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) -> Tensor:
-    total: Tensor | None = None
-    count = 0
-    for e, a, b in zip(err, before, after):
-        s = (e / (atol + rtol * torch.maximum(a.abs(), b.abs()))).square().sum()
-        total = s if total is None else total + s
-        count += e.numel()
-    assert total is not None
-    return (total / max(count, 1)).sqrt()
-
-
-def initial_step(
-    field: Field, t0: Tensor, y0: State, params: Params, tol: Tolerances, order: int
-) -> Tensor:
-    """Hairer-Wanner first step (two field evaluations), or ``tol.first_step`` (none)."""
-    if tol.first_step is not None:
-        return torch.full_like(t0, tol.first_step)
-    f0 = field(t0, y0, params)
-    scale = tuple(tol.atol + tol.rtol * y.abs() for y in y0)
-    d0 = rms_norm(tuple(y / s for y, s in zip(y0, scale)), y0, y0, 0.0, 1.0)
-    d1 = rms_norm(tuple(f / s for f, s in zip(f0, scale)), y0, y0, 0.0, 1.0)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    f1 = field(t0 + h0, tuple(y + h0 * f for y, f in zip(y0, f0)), params)
-    d2 = rms_norm(tuple((a - b) / s for a, b, s in zip(f1, f0, scale)), y0, y0, 0.0, 1.0) / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(
-        dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), _root(0.01 / dmax.clamp_min(1e-300), order)
-    )
-    return torch.minimum(100 * h0, h1)
 
 
 def _select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -182,14 +88,13 @@ def control(
     params: Params,
     n_out: int,
     tol: Tolerances,
-    controller: Controller | None = None,
 ) -> tuple[State, State, Records, Tensor | int, SolveStats]:
     """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats.
 
     A failure (``max_steps`` trials, or the step size underflows) raises :class:`RuntimeError`
     in plain eager code; otherwise the outputs are NaN and ``stats.failed`` is set.
     """
-    ctrl = IntegralController() if controller is None else controller
+    ctrl = tol.controller
     m, order, eps = t.shape[0] - 1, scheme.error_order, torch.finfo(t.dtype).eps
     y0 = state[:n_out]
     hmag = initial_step(field, t[0], y0, params, tol, order).abs()

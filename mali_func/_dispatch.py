@@ -19,7 +19,8 @@ from torch import Tensor
 
 from . import _mode
 from ._checkpoint import check_traced_plan
-from ._control import SolveStats, Tolerances, control
+from ._control import SolveStats, control
+from ._controllers import Tolerances
 from ._drift import warn_if_decoupled
 from ._field import BoundField
 from ._forward_mode import solve
@@ -104,7 +105,6 @@ def dispatch(
         n_out=n_out,
         counts=steps if n is None else None,
         tol=tol,
-        controller=None,
         reconstruction_tol=reconstruction_tol,
         replay=bound.replaying,
         checkpoint=gradient == "checkpoint",

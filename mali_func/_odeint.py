@@ -36,7 +36,8 @@ from ._checks import (
     check_y0,
 )
 from ._compat import translate
-from ._control import SolveStats, Tolerances
+from ._control import SolveStats
+from ._controllers import Controller
 from ._dispatch import dispatch
 from ._drift import DriftMonitor, default_reconstruction_tol
 from ._field import autocast_field, bind_field, check_output, check_replayable
@@ -69,6 +70,7 @@ def odeint(
     reconstruction_tol: float | Literal["auto"] | None = "auto",
     max_steps: int | None = None,
     first_step: float | None = None,
+    controller: Controller | None = None,
     stats: bool = False,
     event_fn: Any = None,
     adjoint_params: Iterable[Tensor] | None = None,
@@ -131,6 +133,10 @@ def odeint(
         rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
         max_steps: most trial steps of an adaptive solve (default 10,000).
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
+        controller: what accepts adaptive steps and proposes the next size: any object with
+            ``init(h0)`` and ``propose(memory, err, h, order)`` (:class:`Controller`); by default
+            ``IntegralController()`` (:class:`IntegralController` sets its safety factor and
+            step-ratio bounds).
         stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected
             steps, failure flag).
         options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
@@ -162,9 +168,7 @@ def odeint(
     state, tuple_state = check_y0(y0)
     t = check_t(t, state[0])
     steps = check_steps(n_steps, step_size, t)
-    rtol_, atol_, max_steps_, first_step_ = check_adaptive(
-        steps is None, rtol, atol, max_steps, first_step
-    )
+    tol = check_adaptive(steps is None, rtol, atol, max_steps, first_step, controller)
     if not isinstance(stats, bool):
         raise TypeError(f"stats must be a bool, got {type(stats).__name__}")
     check_options(gradient, reconstruction_tol, monitor, DriftMonitor, checkpoints)
@@ -229,9 +233,6 @@ def odeint(
     if module_check and _mode.current() is _mode.Mode.COMPILE:
         check_module_detached(bound, t[0], state)
     probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
-    tol = None
-    if steps is None:
-        tol = Tolerances(rtol=rtol_, atol=atol_, max_steps=max_steps_, first_step=first_step_)
     trajectories, solve_stats = dispatch(
         _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
         reconstruction_tol, probe, checkpoints, unroll,

@@ -1,21 +1,16 @@
-"""The solve, written once: the forward pass, the reverse (MALI) pass, and their autograd.Function.
+"""The autograd.Function of a solve: MALI's backward (or checkpointing) behind one ``apply``.
 
-Given a reversible scheme ``Phi`` (:class:`mali_func.schemes.ReversibleScheme`) and a time grid
-(:mod:`mali_func._grid`), :func:`forward` applies ``Phi`` at every step and records the solution at
-every output time; it stores nothing per step. :func:`reverse` starts from the final state, rebuilds
-each previous state with the scheme's inverse and pulls the cotangent back through the step at the
-rebuilt point (MALI: Zhuang, Dvornek, Tatikonda & Duncan, "MALI: A memory efficient and reverse
-accurate integrator for Neural ODEs", ICLR 2021). Output cotangents enter at their times, step-time
-cotangents are chained to ``t`` by the grid. The result is the exact gradient of the discrete
-forward computation up to the round-off of the reconstruction, which is measured against the kept
-initial state (:mod:`mali_func._drift`). Adaptive solves run the controller
-(:mod:`mali_func._control`) forward, and :func:`reverse` over its recorded steps.
+:class:`Solve` runs the forward pass (:func:`mali_func._passes.forward`, or the adaptive
+controller, :func:`mali_func._control.control`) without a graph and keeps only the inputs, the
+outputs and, adaptively, the records of the accepted steps. Its backward walks the same steps
+back: by inverting them (:func:`mali_func._passes.reverse`: MALI, Zhuang, Dvornek, Tatikonda &
+Duncan, "MALI: A memory efficient and reverse accurate integrator for Neural ODEs", ICLR 2021),
+which gives the exact gradient of the discrete forward computation up to the round-off of the
+reconstruction, measured against the kept initial state (:mod:`mali_func._drift`); or, for
+``gradient="checkpoint"``, from stored states (:mod:`mali_func._checkpoint`).
 
-Both passes are written against the loop primitives of :mod:`mali_func._loops`, so the same code
-runs eagerly, inside ``torch.compile`` (``while_loop``) and under export (``scan``).
-
-:class:`Solve` is written for :mod:`torch.func`: ``forward`` takes no ctx, ``setup_context`` saves
-only inputs and outputs, ``generate_vmap_rule`` lets ``vmap`` batch it, and the backward
+It is written for :mod:`torch.func`: ``forward`` takes no ctx, ``setup_context`` saves only
+inputs and outputs, ``generate_vmap_rule`` lets ``vmap`` batch it, and the backward
 differentiates with :func:`torch.func.vjp` under transforms, so ``vmap(grad(...))`` and
 ``jacrev`` see through the solve.
 """
@@ -32,124 +27,19 @@ import torch
 from torch import Tensor
 
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
-from ._control import Controller, SolveStats, Tolerances, control
+from ._control import SolveStats, control
+from ._controllers import Tolerances
 from ._drift import reconstruction_error, warn_if_drifted
-from ._flat import take, unaliased
+from ._flat import unaliased
 from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
-from ._loops import PYTHON, Loops, PythonLoops, ScanLoops
-from .schemes import Field, Params, ReversibleScheme, State
+from ._loops import PYTHON, Loops
+from ._passes import forward, reverse
+from .schemes import Field, Params, ReversibleScheme
+
+__all__ = ["N_RECORDS", "N_STATS", "Solve", "Spec", "forward", "reverse"]
 
 N_RECORDS = len(Records._fields)
 N_STATS = len(SolveStats._fields)
-
-
-def _outer(loops: Loops, grid: Grid) -> Loops:
-    """The segments are walked in Python when there is one, or their lengths differ."""
-    return PYTHON if grid.static_segments else loops
-
-
-def forward(
-    loops: Loops,
-    scheme: ReversibleScheme,
-    field: Field,
-    grid: Grid,
-    state: State,
-    params: Params,
-    n_out: int,
-    keep: Checkpointer | None = None,
-    unroll: int = 1,
-) -> tuple[State, State, Any]:
-    """Run every step of ``grid``; return the solution at every ``t_i``, the final state and,
-    with ``keep`` (one-segment grids), level 0 of a checkpointed gradient."""
-    y0, outer = state[:n_out], _outer(loops, grid)
-    stride = None if keep is None else keep.plan.stride(0)
-
-    def segment(s: Any, carry: tuple[State, Any, Any]) -> tuple[State, Any, Any]:
-        seg = grid.segment(s)
-
-        def body(k: Any, inner: tuple[State, Any, Any]) -> tuple[State, Any, Any]:
-            x, outs, rows = inner
-            info = grid.at(seg, k)
-            new = scheme.step(field, info.t, info.h, x, params)
-            if info.active is not None:
-                new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
-            if grid.step_outputs:
-                outs = grid.record_step(outs, info, new[:n_out])
-            if keep is not None and stride is not None:
-                rows = keep.keep(rows, k, new, stride)
-            return new, outs, rows
-
-        x, outs, rows = carry
-        # Outputs ride through the steps only when steps record them (a carry passed through a
-        # while_loop unchanged is refused); ``None`` entries are not carried.
-        inner = (x, outs if grid.step_outputs else None, rows)
-        x, stepped, rows = loops.fori(grid.length(s), body, inner, unroll=unroll)
-        outs = stepped if grid.step_outputs else outs
-        return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
-
-    if isinstance(outer, ScanLoops) and not grid.step_outputs:
-        # Export: the outputs at t_1..t_M are the outer scan's own outputs (no buffer carried).
-        def collected(s: Any, x: State) -> tuple[State, State]:
-            x = segment(s, (x, None, None))[0]
-            return x, x[:n_out]
-
-        final, ys = outer.fori_collect(grid.segments, collected, state)
-        return tuple(torch.cat([y.unsqueeze(0), r]) for y, r in zip(y0, ys)), final, None
-    outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
-    rows0 = None if keep is None else keep.new_rows(state)
-    final, outs, rows = outer.fori(grid.segments, segment, (state, outs0, rows0))
-    return grid.finish(outs, y0, final[:n_out]), final, rows
-
-
-def reverse(
-    loops: Loops,
-    scheme: ReversibleScheme,
-    field: Field,
-    grid: Grid,
-    final: State,
-    cot: State,
-    g_out: State,
-    params: Params,
-    time_grad: bool,
-    unroll: int = 1,
-) -> tuple[State, State, tuple[Tensor | None, ...], Tensor | None]:
-    """Walk ``grid`` backwards from ``final`` with cotangent ``cot``.
-
-    ``g_out`` are the cotangents of the recorded outputs (``cot`` already holds the last row's).
-    Returns the rebuilt initial state, its cotangent, the cotangents of ``params`` and of ``t``.
-    """
-    vjp = loops.vjp((grid.t, *final, *cot, *params))
-    n_out = len(g_out)
-
-    def segment(s: Any, carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        seg = grid.segment(s)
-
-        def body(k: Any, c: tuple[Any, ...]) -> tuple[Any, ...]:
-            x, a, acc, acc_t = c
-            info = grid.at(seg, k)
-            a = grid.inject(a, info, g_out)
-            prev, a_prev, a_t, a_h, a_p = scheme.reverse(
-                field, info.t, info.h, x, a, params, time_grad=time_grad, vjp=vjp
-            )
-            if info.active is not None:
-                ok = info.active
-                prev = tuple(torch.where(ok, p, q) for p, q in zip(prev, x))
-                a_prev = tuple(torch.where(ok, p, q) for p, q in zip(a_prev, a))
-                a_p = tuple(None if g is None else torch.where(ok, g, 0) for g in a_p)
-            acc = tuple(loops.add(s_, d) for s_, d in zip(acc, a_p))
-            if acc_t is not None and a_t is not None and a_h is not None:
-                acc_t = grid.add_time_grad(acc_t, info, a_t, a_h)
-            return prev, a_prev, acc, acc_t
-
-        x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True, unroll=unroll)
-        # The output at the segment's start time: t_s (uniform), t_0 (recorded).
-        a = (*(c + take(g, s) for c, g in zip(a, g_out)), *a[n_out:])
-        return x, a, acc, acc_t
-
-    acc_t0 = torch.zeros_like(grid.t) if time_grad else None
-    carry = (final, cot, loops.accumulators(params), acc_t0)
-    state, cot, acc, acc_t = _outer(loops, grid).fori(grid.segments, segment, carry, reverse=True)
-    return state, cot, acc, acc_t
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,7 +53,6 @@ class Spec:
     n_out: int
     counts: tuple[int, ...] | None  # fixed grid walked with Python ints; None: ``n`` or adaptive
     tol: Tolerances | None  # adaptive solves only
-    controller: Controller | None
     reconstruction_tol: float | None
     replay: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     checkpoint: bool = False  # gradient="checkpoint" (fixed grids need ``counts``)
@@ -174,6 +63,16 @@ class Spec:
         return Checkpointer(
             self.loops, self.scheme, self.field, grid, params, plan(n_steps, self.budget)
         )
+
+    def fixed(
+        self, t: Tensor, n: Tensor | None, params: Params
+    ) -> tuple[Grid, Checkpointer | None]:
+        """A fixed grid, with its checkpointer under ``gradient="checkpoint"``."""
+        if not self.checkpoint:
+            return UniformGrid(t, self.counts if n is None else n), None
+        assert self.counts is not None
+        grid = FlatGrid(t, self.counts)
+        return grid, self.checkpointer(grid, params, grid.total)
 
     def n_keep(self) -> int:
         """How many state components level 0 adds to a checkpointed fixed grid's outputs."""
@@ -197,27 +96,18 @@ class Solve(torch.autograd.Function):
         spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, *tensors: Tensor
     ) -> tuple[Tensor, ...]:
         state0, params = tensors[: spec.n_state], tensors[spec.n_state :]
-        if spec.tol is None and spec.checkpoint:
-            assert spec.counts is not None
-            grid = FlatGrid(t, spec.counts)
-            keep = spec.checkpointer(grid, params, grid.total)
+        if spec.tol is None:
+            grid, keep = spec.fixed(t, n, params)
+            unroll = spec.unroll if keep is None else 1
             trajs, final, rows = forward(
-                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out, keep
+                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out, keep, unroll
             )
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
-            return (*trajs, *unaliased(final[spec.n_out :], tensors), *rows)
-        if spec.tol is None:
-            grid = UniformGrid(t, spec.counts if n is None else n)
-            trajs, final, _ = forward(
-                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out,
-                unroll=spec.unroll,
-            )  # fmt: skip
-            return (*trajs, *unaliased(final[spec.n_out :], tensors))
+            return (*trajs, *unaliased(final[spec.n_out :], tensors), *(rows or ()))
         trajs, final, records, count, stats = control(
-            spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
-            spec.controller,
-        )  # fmt: skip
+            spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol
+        )
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
         return (*trajs, *unaliased(final[spec.n_out :], tensors), *records, count_t, *stats)
 
@@ -251,27 +141,25 @@ class Solve(torch.autograd.Function):
         cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
         time_grad = bool(ctx.needs_input_grad[1])
         grid: Grid
-        if spec.tol is None and spec.checkpoint:
-            assert spec.counts is not None
-            grid = FlatGrid(t, spec.counts)
-            ck = spec.checkpointer(grid, params, grid.total)
-            with spec.replay():
-                cot, acc, grad_t = reverse_checkpointed(ck, extra, cot, g_out, time_grad)
-            return (None, grad_t, None, None, *cot, *acc)
+        ck: Checkpointer | None
         if spec.tol is None:
-            grid = UniformGrid(t, spec.counts if n is None else n)
+            grid, ck = spec.fixed(t, n, params)
         else:
-            records = Records(*extra[:-1])
             python = spec.loops is PYTHON
+            records = Records(*extra[:-1])
             count = records.start.shape[0] if python else extra[-1]
             grid = RecordedGrid(t, records, count)
-            if spec.checkpoint:  # replay the accepted steps once to record level 0
-                assert spec.tol is not None
+            ck = None
+            if spec.checkpoint:
                 ck = spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
-                with spec.replay():
-                    top = ck.record(state0, 0, count, ck.plan.stride(0))
-                    cot, acc, grad_t = reverse_checkpointed(ck, top, cot, g_out, time_grad)
-                return (None, grad_t, None, None, *cot, *acc)
+        if ck is not None:
+            with spec.replay():
+                # Level 0: kept by a fixed grid's forward, or the accepted steps replayed once.
+                top = extra
+                if spec.tol is not None:
+                    top = ck.record(state0, 0, grid.length(0), ck.plan.stride(0))
+                cot, acc, grad_t = reverse_checkpointed(ck, top, cot, g_out, time_grad)
+            return (None, grad_t, None, None, *cot, *acc)
         final = (*(y[-1] for y in trajs), *aux)
         with spec.replay():
             state, cot, acc, grad_t = reverse(

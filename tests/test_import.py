@@ -30,10 +30,12 @@ def test_public_surface_holds_no_internal_classes() -> None:
     expected = {
         "ALF",
         "ButcherTableau",
+        "Controller",
         "CoupledRK",
         "CouplingWarning",
         "DPODEBlock",
         "DriftMonitor",
+        "IntegralController",
         "ODEBlock",
         "ReconstructionWarning",
         "ReversibleHeun",
