@@ -3,9 +3,9 @@
 :func:`torch._higher_order_ops.while_loop` and :func:`~torch._higher_order_ops.scan` carry flat
 tuples of tensors; a solve's carries are pytrees (states, outputs, accumulators) with ``None``
 leaves for what is not carried. :func:`flatten` gives a pytree's tensors and the function that
-rebuilds it. :func:`while_loop_collect` is ``while_`` on ``while_loop``: the entries a trial keeps
-(the records of accepted steps) go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1``
-rows, which compiled code and ONNX (one ``Loop`` node) both run.
+rebuilds it. :class:`TracedWhile` is ``while_`` on ``while_loop``: the entries a trial keeps (the
+records of accepted steps) go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1`` rows,
+which compiled code and ONNX (one ``Loop`` node) both run.
 """
 
 from __future__ import annotations
@@ -66,26 +66,39 @@ def counter(like: Tensor, value: Count = 0) -> Tensor:
     return torch.full((), value, dtype=torch.int64, device=like.device)
 
 
-def while_loop_collect(
-    cond: Cond, body: WhileBody, carry: Any, *, max_steps: int, dtypes: tuple[torch.dtype, ...]
-) -> tuple[Any, tuple[Tensor, ...], Index]:
-    """``while_`` on :func:`while_loop` over flat carries; kept entries go to slots
-    ``0 .. count - 1`` of buffers of ``max_steps + 1`` (compile and export)."""
-    leaves, rebuild = flatten(carry)
-    n_c = len(leaves)
-    like = leaves[0]
-    buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
+class TracedWhile:
+    """``while_`` on :func:`while_loop` over flat carries (compile and export): kept entries go to
+    slots ``0 .. count - 1`` of buffers of ``max_steps + 1``."""
 
-    def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
-        return (it < max_steps) & cond(rebuild(xs[:n_c]))
+    def prepare(self) -> None:
+        """Called before a loop is traced (the compiled backend's workarounds)."""
 
-    def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-        new, entry, keep = body(rebuild(xs[:n_c]))
-        slot = torch.where(keep, count, max_steps).reshape(1)
-        bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
-        return (it + 1, count + keep.long(), *tensors_of(new), *bufs)
+    def while_(
+        self,
+        cond: Cond,
+        body: WhileBody,
+        carry: Any,
+        *,
+        max_steps: int,
+        dtypes: tuple[torch.dtype, ...],
+        check_every: int = 8,
+    ) -> tuple[Any, tuple[Tensor, ...], Index]:
+        self.prepare()
+        leaves, rebuild = flatten(carry)
+        n_c = len(leaves)
+        like = leaves[0]
+        buffers = [torch.zeros(max_steps + 1, dtype=d, device=like.device) for d in dtypes]
 
-    contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
-    init = (counter(like), counter(like), *contiguous, *buffers)
-    res = while_loop(test, step, init)
-    return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]
+        def test(it: Tensor, count: Tensor, *xs: Tensor) -> Tensor:
+            return (it < max_steps) & cond(rebuild(xs[:n_c]))
+
+        def step(it: Tensor, count: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+            new, entry, keep = body(rebuild(xs[:n_c]))
+            slot = torch.where(keep, count, max_steps).reshape(1)
+            bufs = (b.index_copy(0, slot, e.reshape(1)) for b, e in zip(xs[n_c:], entry))
+            return (it + 1, count + keep.long(), *tensors_of(new), *bufs)
+
+        contiguous = (x.clone(memory_format=torch.contiguous_format) for x in leaves)
+        init = (counter(like), counter(like), *contiguous, *buffers)
+        res = while_loop(test, step, init)
+        return rebuild(res[2 : 2 + n_c]), tuple(res[2 + n_c :]), res[1]

@@ -50,11 +50,11 @@ from ._flat import (
     Cond,
     Count,
     Index,
+    TracedWhile,
     WhileBody,
     counter,
     flatten,
     tensors_of,
-    while_loop_collect,
 )
 from ._mode import Mode, host_view, is_concrete
 from ._scan import ScanLoops
@@ -147,7 +147,7 @@ def _no_donated_buffers() -> bool:
     return True
 
 
-class WhileLoops:
+class WhileLoops(TracedWhile):
     """Compiled loops: ``while_loop`` over flat carries (cloned: carries must not alias)."""
 
     mode = Mode.COMPILE
@@ -159,7 +159,7 @@ class WhileLoops:
         """``unroll`` bodies per iteration of a first ``while_loop`` while that many steps are left,
         then one per iteration: fewer iterations (each costs the compiled wrapper a round trip)
         for ``unroll + 1`` traced copies of ``body``."""
-        _no_donated_buffers()
+        self.prepare()
         leaves, rebuild = flatten(carry)
         leaves = [x.clone(memory_format=torch.contiguous_format) for x in leaves]
 
@@ -186,19 +186,8 @@ class WhileLoops:
             loop = while_loop(lambda j, *_: j + unroll <= n, steps(unroll), loop)
         return rebuild(while_loop(lambda j, *_: j < n, steps(1), loop)[1:])
 
-    def while_(
-        self,
-        cond: Cond,
-        body: WhileBody,
-        carry: Any,
-        *,
-        max_steps: int,
-        dtypes: tuple[torch.dtype, ...],
-        check_every: int = 8,
-    ) -> tuple[Any, tuple[Tensor, ...], Index]:
-        """Kept entries go to slots ``0 .. count - 1`` of buffers of ``max_steps + 1``."""
+    def prepare(self) -> None:
         _no_donated_buffers()
-        return while_loop_collect(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
 
     def vjp(self, tensors: tuple[Tensor, ...]) -> VJP:
         return _fenced_vjp

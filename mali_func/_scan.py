@@ -16,22 +16,14 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops import scan
 
-from ._flat import (
-    Cond,
-    Count,
-    Index,
-    WhileBody,
-    counter,
-    flatten,
-    tensors_of,
-    unaliased,
-    while_loop_collect,
-)
+from ._flat import Count, TracedWhile, counter, flatten, tensors_of, unaliased
 from ._mode import Mode
 
 
-class ScanLoops:
-    """Export loops: ``scan`` over ``n`` rows of width 0 (the graph stores nothing per step)."""
+class ScanLoops(TracedWhile):
+    """Export loops: ``scan`` over ``n`` rows of width 0 (the graph stores nothing per step);
+    ``while_`` is the compiled backend's ``while_loop`` (one ONNX ``Loop`` node, its trip count
+    bounded by ``max_steps``)."""
 
     mode = Mode.EXPORT
 
@@ -41,18 +33,7 @@ class ScanLoops:
     ):  # fmt: skip
         if reverse:
             raise NotImplementedError("export traces the forward pass only")
-        leaves, rebuild = flatten(carry)
-        leaves = [x.contiguous() for x in leaves]  # body outputs are contiguous: so must init be
-        like = leaves[0]
-        rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
-
-        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Tensor]:
-            j, xs = c
-            out = tensors_of(body(j, rebuild(xs)))
-            return (j + 1, unaliased(out, list(xs))), row.clone()
-
-        (_, final), _ = scan(step, (counter(like), list(leaves)), rows)
-        return rebuild(final)
+        return self.fori_collect(n, lambda j, c: (body(j, c), ()), carry)[0]
 
     def fori_collect(
         self, n: Count, body: Callable[[Any, Any], tuple[Any, tuple[Tensor, ...]]], carry: Any
@@ -60,28 +41,16 @@ class ScanLoops:
         """Like :meth:`fori` with a ``body`` returning ``(carry, ys)``; also returns every
         iteration's ``ys`` stacked (``scan``'s own outputs: no buffer is carried)."""
         leaves, rebuild = flatten(carry)
-        leaves = [x.contiguous() for x in leaves]
+        leaves = [x.contiguous() for x in leaves]  # body outputs are contiguous: so must init be
         like = leaves[0]
         rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
 
         def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Any]:
             j, xs = c
             new, ys = body(j, rebuild(xs))
-            return (j + 1, unaliased(tensors_of(new), list(xs))), [y.clone() for y in ys]
+            # scan's body needs at least one output of its own: the row (width 0) is one.
+            ys = [y.clone() for y in ys] or row.clone()
+            return (j + 1, unaliased(tensors_of(new), list(xs))), ys
 
         (_, final), ys = scan(step, (counter(like), list(leaves)), rows)
-        return rebuild(final), tuple(ys)
-
-    def while_(
-        self,
-        cond: Cond,
-        body: WhileBody,
-        carry: Any,
-        *,
-        max_steps: int,
-        dtypes: tuple[torch.dtype, ...],
-        check_every: int = 8,
-    ) -> tuple[Any, tuple[Tensor, ...], Index]:
-        """The controller's ``while_loop`` (forward only), as compiled code runs it: ONNX keeps
-        it as one ``Loop`` node, its trip count bounded by ``max_steps``."""
-        return while_loop_collect(cond, body, carry, max_steps=max_steps, dtypes=dtypes)
+        return rebuild(final), tuple(ys) if isinstance(ys, list) else ()
