@@ -9,7 +9,8 @@ on it (no sliver step).
 
 A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
 the time (underflow; a non-finite trial has a NaN error and is rejected until then), or when the
-solution blows up closer to a singularity than ``rtol`` resolves (:func:`blow_up`).
+solution blows up closer to a singularity than ``rtol`` resolves
+(:func:`mali_func._blowup.blow_up`).
 
 The trial step is branch-free: each trial is committed with ``torch.where``, so the same code runs
 per sample under ``torch.func.vmap`` (each sample's norm, steps and termination are its own) and

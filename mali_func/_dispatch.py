@@ -26,7 +26,8 @@ from ._field import BoundField
 from ._forward_mode import solve
 from ._grid import RecordedGrid, UniformGrid
 from ._loops import loops_for
-from ._solve import Spec, forward
+from ._passes import forward
+from ._solve import Spec
 from ._traced_transforms import check_traced_transform, vmap_traced_functions
 from .schemes import CoupledRK, ReversibleScheme, State
 

@@ -20,7 +20,8 @@ from ._drift import warn_if_decoupled
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON
 from ._mode import tracing, under_transform
-from ._solve import N_RECORDS, N_STATS, Solve, Spec, forward
+from ._passes import forward
+from ._solve import N_RECORDS, N_STATS, Solve, Spec
 from .schemes import CoupledRK, Params, State
 
 

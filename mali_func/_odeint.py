@@ -157,7 +157,7 @@ def odeint(
             checkpointing); the message names it and how to pass it.
         RuntimeError: an eager adaptive solve that exceeds ``max_steps``, whose step size
             underflows, or whose solution blows up closer to a singularity than ``rtol`` resolves
-            (:func:`mali_func._control.blow_up`); under ``vmap`` or ``torch.compile`` the outputs
+            (:func:`mali_func._blowup.blow_up`); under ``vmap`` or ``torch.compile`` the outputs
             are NaN instead and ``stats.failed`` is set.
     """
     step_size, first_step, max_steps = translate(

@@ -36,8 +36,6 @@ from ._loops import PYTHON, Loops
 from ._passes import forward, reverse
 from .schemes import Field, Params, ReversibleScheme
 
-__all__ = ["N_RECORDS", "N_STATS", "Solve", "Spec", "forward", "reverse"]
-
 N_RECORDS = len(Records._fields)
 N_STATS = len(SolveStats._fields)
 

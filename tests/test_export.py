@@ -22,7 +22,7 @@ from mali_func import ALF, odeint
 from mali_func._field import bind_field
 from mali_func._grid import UniformGrid
 from mali_func._loops import PythonLoops, ScanLoops
-from mali_func._solve import forward
+from mali_func._passes import forward
 from mali_func.export import ExportError, ExportReport, ParityError, to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
