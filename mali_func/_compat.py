@@ -10,7 +10,12 @@ accepted as no-ops. ``options`` carries solver settings under torchdiffeq's keys
 ``step_size``       ``step_size`` (fixed steps of at most that size per interval)
 ``first_step``      ``first_step`` (the first adaptive step)
 ``max_num_steps``   ``max_steps`` (most trial steps of an adaptive solve)
+``safety``          ``controller=IntegralController(safety=...)``
+``dfactor``         its ``min_factor`` (the most a step may shrink, default 0.2)
+``ifactor``         its ``max_factor`` (the most a step may grow, default 10)
 ==================  ==============================================================
+
+torchdiffeq's defaults for the last three are the integral controller's own.
 
 The method names that torchdiffeq and this library share (``"euler"``, ``"midpoint"``,
 ``"heun3"``, ``"adaptive_heun"``, ``"bosh3"``, ``"rk4"``, ``"dopri5"``, ``"tsit5"``) name the
@@ -26,9 +31,13 @@ from typing import Any
 from torch import Tensor
 
 from . import schemes
+from ._controllers import Controller, IntegralController
 
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps")
-"""The torchdiffeq ``options`` keys that have a meaning here."""
+"""The torchdiffeq ``options`` keys that have a meaning here, besides the controller's."""
+
+CONTROLLER_KEYS = {"safety": "safety", "dfactor": "min_factor", "ifactor": "max_factor"}
+"""torchdiffeq's ``options`` keys of its step-size controller, and ours."""
 
 _REFUSED_OPTIONS = {
     "perturb": "perturb (event handling for discontinuities) is not supported",
@@ -49,10 +58,12 @@ def translate(
     step_size: float | None,
     first_step: float | None,
     max_steps: int | None,
+    controller: Controller | None,
     event_fn: Any,
     adjoint_params: Iterable[Any] | None,
-) -> tuple[float | None, float | None, int | None]:
-    """Check torchdiffeq's extra arguments; return ``(step_size, first_step, max_steps)``."""
+) -> tuple[float | None, float | None, int | None, Controller | None]:
+    """Check torchdiffeq's extra arguments; return ``(step_size, first_step, max_steps,
+    controller)``."""
     if event_fn is not None:
         raise NotImplementedError(
             "event_fn: event handling is not implemented in mali-func; solve to a fixed end time"
@@ -72,23 +83,40 @@ def translate(
             if not isinstance(p, Tensor):
                 raise TypeError(f"adjoint_params[{k}] must be a tensor, got {type(p).__name__}")
     if options is None:
-        return step_size, first_step, max_steps
+        return step_size, first_step, max_steps, controller
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     for key in options:
         if key in _REFUSED_OPTIONS:
             raise ValueError(f"options[{key!r}]: {_REFUSED_OPTIONS[key]}")
-        if key not in OPTION_KEYS:
-            raise ValueError(f"options has an unknown key {key!r}; valid keys: {list(OPTION_KEYS)}")
+        if key not in OPTION_KEYS and key not in CONTROLLER_KEYS:
+            raise ValueError(
+                f"options has an unknown key {key!r}; valid keys: {list(OPTION_KEYS)} and the "
+                f"step-size controller's {list(CONTROLLER_KEYS)}"
+            )
     ours = {"step_size": step_size, "first_step": first_step, "max_num_steps": max_steps}
     for key in options:
+        if key in CONTROLLER_KEYS:
+            if controller is not None:
+                raise ValueError(f"give options[{key!r}] or controller=, not both")
+            continue
         if ours[key] is not None:
             name = "max_steps" if key == "max_num_steps" else key
             raise ValueError(f"give options[{key!r}] or {name}=, not both")
     if "step_size" in options and n_steps is not None:
         raise ValueError("give options['step_size'] or n_steps, not both")
+    factors = {CONTROLLER_KEYS[k]: v for k, v in options.items() if k in CONTROLLER_KEYS}
+    if factors:
+        try:
+            controller = IntegralController(**factors)
+        except (TypeError, ValueError) as err:
+            given = {k: v for k, v in options.items() if k in CONTROLLER_KEYS}
+            raise type(err)(
+                f"options {given}: {err} (dfactor is min_factor, ifactor is max_factor)"
+            ) from None
     return (
         options.get("step_size", step_size),
         options.get("first_step", first_step),
         options.get("max_num_steps", max_steps),
+        controller,
     )

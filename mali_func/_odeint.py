@@ -141,7 +141,8 @@ def odeint(
             steps, failure flag).
         options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
             adjoint_options: torchdiffeq's arguments (:mod:`mali_func._compat`): ``options``
-            keys ``step_size``, ``first_step``, ``max_num_steps``; ``adjoint_params`` is checked
+            keys ``step_size``, ``first_step``, ``max_num_steps``, and the controller's
+            ``safety``, ``dfactor``, ``ifactor``; ``adjoint_params`` is checked
             and otherwise unneeded (every tensor the field receives is differentiated, also one
             that ``adjoint_params`` leaves out); the
             adjoint's tolerances and method are accepted and unused, since MALI's backward
@@ -160,9 +161,10 @@ def odeint(
             (:func:`mali_func._blowup.blow_up`); under ``vmap`` or ``torch.compile`` the outputs
             are NaN instead and ``stats.failed`` is set.
     """
-    step_size, first_step, max_steps = translate(
+    step_size, first_step, max_steps, controller = translate(
         method, options, n_steps=n_steps, step_size=step_size, first_step=first_step,
-        max_steps=max_steps, event_fn=event_fn, adjoint_params=adjoint_params,
+        max_steps=max_steps, controller=controller, event_fn=event_fn,
+        adjoint_params=adjoint_params,
     )  # fmt: skip
     del adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options  # nothing to configure
     state, tuple_state = check_y0(y0)

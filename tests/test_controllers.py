@@ -171,3 +171,23 @@ def test_an_exported_block_runs_its_controller_in_onnxruntime(tmp_path) -> None:
         with torch.no_grad():
             want = block(xb)
         assert_close_all([torch.from_numpy(got)], [want], rtol=1e-5)
+
+
+def test_torchdiffeqs_controller_options_build_the_integral_controller() -> None:
+    field, y0 = SmoothField(dtype=F64), torch.randn(4, 2, dtype=F64)
+    options = {"safety": 0.5, "dfactor": 0.1, "ifactor": 2.0}
+    ys, stats = odeint(field, y0, [0.0, 1.0], rtol=1e-6, options=options, stats=True)
+    controller = IntegralController(safety=0.5, min_factor=0.1, max_factor=2.0)
+    ys2, stats2 = odeint(field, y0, [0.0, 1.0], rtol=1e-6, controller=controller, stats=True)
+    assert torch.equal(ys, ys2)
+    assert [s.item() for s in stats] == [s.item() for s in stats2]
+    _, default = odeint(field, y0, [0.0, 1.0], rtol=1e-6, stats=True)
+    assert default.n_accepted.item() != stats.n_accepted.item()
+
+
+def test_bad_torchdiffeq_controller_options_are_named() -> None:
+    field, y0 = SmoothField(dtype=F64), torch.randn(4, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"options \{'dfactor': 2.0\}: min_factor and max_factor"):
+        odeint(field, y0, [0.0, 1.0], options={"dfactor": 2.0})
+    with pytest.raises(ValueError, match=r"give options\['safety'\] or controller=, not both"):
+        odeint(field, y0, [0.0, 1.0], options={"safety": 0.8}, controller=IntegralController())
