@@ -9,8 +9,13 @@ constant in the number of steps and the gradient is that of the discrete forward
 from ._blocks import ODEBlock
 from ._control import SolveStats
 from ._controllers import Controller, IntegralController
-from ._drift import CouplingWarning, DriftMonitor, ReconstructionWarning
+from ._drift import (
+    DriftMonitor,
+    FallbackWarning,
+    ReconstructionWarning,
+)
 from ._odeint import odeint, odeint_adjoint
+from ._parasitic import CouplingWarning, ParasiticModeWarning
 from ._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 
@@ -22,8 +27,10 @@ __all__ = [
     "CouplingWarning",
     "DPODEBlock",
     "DriftMonitor",
+    "FallbackWarning",
     "IntegralController",
     "ODEBlock",
+    "ParasiticModeWarning",
     "ReconstructionWarning",
     "ReversibleHeun",
     "ReversibleScheme",

@@ -85,12 +85,55 @@ class ODEBlock(nn.Module):
             )
         grid, self._select = _grid(float(t0), float(t1), t_eval)
         self.field = field
-        self.t0, self.t1 = float(t0), float(t1)
-        self.t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
+        self._t0, self._t1 = float(t0), float(t1)
+        self._t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
         self.options = dict(odeint_options)
         _check_options(torch.tensor(grid, dtype=torch.float64), self.options)
         self._grid = tuple(grid)
         self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
+
+    # The times are configuration, not weights: set them and the grid follows; a dtype cast of
+    # the module (``model.bfloat16().float()``) does not round them.
+    @property
+    def t0(self) -> float:
+        return self._t0
+
+    @t0.setter
+    def t0(self, value: float) -> None:
+        self._retime(value, self._t1, self._t_eval)
+
+    @property
+    def t1(self) -> float:
+        return self._t1
+
+    @t1.setter
+    def t1(self, value: float) -> None:
+        self._retime(self._t0, value, self._t_eval)
+
+    @property
+    def t_eval(self) -> tuple[float, ...] | None:
+        return self._t_eval
+
+    @t_eval.setter
+    def t_eval(self, value: Sequence[float] | None) -> None:
+        self._retime(self._t0, self._t1, value)
+
+    def _retime(self, t0: Any, t1: Any, t_eval: Sequence[float] | None) -> None:
+        for name, value in (("t0", t0), ("t1", t1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if t0 == t1:
+            raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+        grid, select = _grid(float(t0), float(t1), t_eval)
+        self._t0, self._t1, self._select, self._grid = float(t0), float(t1), select, tuple(grid)
+        self._t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
+        self.times = torch.tensor(grid, dtype=torch.float64, device=self.times.device)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ODEBlock:
+        super()._apply(fn, recurse)
+        if self.times.dtype != torch.float64:  # cast back, from the exact grid
+            self.times = torch.tensor(self._grid, dtype=torch.float64, device=self.times.device)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -143,6 +186,7 @@ _ODEINT_OPTIONS = {
     "scheme",
     "monitor",
     "reconstruction_tol",
+    "fallback",
 }
 
 
@@ -163,6 +207,8 @@ def _check_options(times: Tensor, options: dict[str, Any]) -> None:
         get("gradient"), get("reconstruction_tol"), get("monitor"), DriftMonitor, get("checkpoints")
     )
     check_unroll(get("unroll"))
+    if not isinstance(get("fallback"), bool):
+        raise TypeError(f"fallback must be a bool, got {type(get('fallback')).__name__}")
     scheme = scheme_for(get("method"), get("scheme"), eta=get("eta"), coupling=get("coupling"))
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 

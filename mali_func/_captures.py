@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._field import BoundField
+from ._field import BoundField, first_call
 from .schemes import Field, Params, State
 
 
@@ -96,7 +96,7 @@ def _reads_hidden(bound: BoundField, t0: Tensor, y0: State) -> bool:
     detached = tuple(y.detach() for y in y0)
     params = tuple(p.detach() for p in bound.params)
     with torch.enable_grad(), bound.replaying():
-        out = bound.field(t0.detach(), detached, params)
+        out = first_call(bound.field, t0.detach(), detached, params)  # never the caller's y0
     return any(o.requires_grad for o in out)
 
 

@@ -82,7 +82,9 @@ def check_t(t: Any, like: Tensor) -> Tensor:
         raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
+    cast_from = None
     if t.dtype != like.dtype:  # as torchdiffeq: the times follow the state's precision
+        cast_from, original = t.dtype, t
         t = t.to(like.dtype)
     if t.device != like.device:
         raise ValueError(f"t must be on the device of y0 ({like.device}), got {t.device}")
@@ -95,6 +97,15 @@ def check_t(t: Any, like: Tensor) -> Tensor:
             raise ValueError("t must be finite, got a NaN or infinite entry")
         dt = t[1:] - t[:-1]
         if not (bool((dt > 0).all()) or bool((dt < 0).all())):
+            if cast_from is not None and is_concrete(original):
+                steps = original[1:] - original[:-1]
+                if bool((steps > 0).all()) or bool((steps < 0).all()):
+                    raise ValueError(
+                        f"t is strictly monotonic in {cast_from} but not once cast to y0's "
+                        f"dtype {like.dtype} (times follow the state's precision, as in "
+                        "torchdiffeq): some times lie closer than that dtype resolves; give y0 "
+                        f"in {cast_from}, or times further apart"
+                    )
             raise ValueError("t must be strictly increasing or strictly decreasing")
     return t
 
@@ -193,7 +204,10 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and ok):
+    # math.isfinite does not trace (dynamo makes a number that changed between compiled calls
+    # symbolic); comparisons do, and a NaN fails them too.
+    finite = -math.inf < value < math.inf
+    if not (finite and ok):
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be {kind} and finite, got {value}")
     return float(value)
@@ -234,4 +248,9 @@ def check_adaptive(
             "order), such as mali_func.IntegralController(), got "
             f"{controller!r}"
         )
+    if torch.compiler.is_compiling():
+        # A value that changed between compiled calls is a symbolic float, which while_loop's
+        # carried closure does not take: traced solves read the tolerances as 0-dim tensors.
+        r, a = torch.scalar_tensor(r), torch.scalar_tensor(a)  # type: ignore[assignment]
+        first = None if first is None else torch.scalar_tensor(first)  # type: ignore[assignment]
     return Tolerances(r, a, max_steps, first, controller)

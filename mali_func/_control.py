@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._blowup import Growth, blow_up, log_norm
-from ._controllers import Tolerances, initial_step, rms_norm
+from ._controllers import Tolerances, checked_proposal, initial_step, rms_norm
 from ._grid import Records, buffers, span, write_row
 from ._loops import Loops
 from ._mode import is_concrete
@@ -52,12 +52,23 @@ class SolveStats(NamedTuple):
     the accepted steps with autograd by an eager ``gradient="backprop"`` adaptive solve, and the
     trials an eager solve runs past its end before it reads its stop flag
     (:meth:`mali_func._loops.PythonLoops.while_`).
+
+    ``fallback`` and ``parasitic`` report on the gradient's and the solution's trustworthiness.
     """
 
     n_f_evals: Tensor
     n_accepted: Tensor
     n_rejected: Tensor
     failed: Tensor
+    fallback: Tensor | None = None
+    """Set (in place) by the backward pass of an eager MALI solve whose reconstruction check
+    failed and whose gradient was therefore recomputed by checkpointing; ``False`` until then
+    (and always for other gradients and compiled solves, which do not fall back)."""
+    parasitic: Tensor | None = None
+    """The size of the scheme's parasitic mode at the end of the solve against the solution's
+    (:mod:`mali_func._parasitic`): the coupled pair's relative disagreement, or fixed-step ALF's
+    velocity mismatch; 0 where nothing is measured (other schemes, adaptive ALF, whose error
+    estimate holds it to the tolerances); not measured under export (``None``)."""
 
 
 def _select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -130,7 +141,10 @@ def control(
         tk, h = ti + carry.c * dt, theta * dt
         new, err = scheme.step_with_error(field, tk, h, carry.state, params)
         e = rms_norm(err, carry.state[:n_out], new[:n_out], tol.rtol, tol.atol)
-        accept, h_next, memory = ctrl.propose(carry.memory, e, theta * dt.abs(), order)
+        h_tried = theta * dt.abs()
+        accept, h_next, memory = checked_proposal(
+            ctrl, ctrl.propose(carry.memory, e, h_tried, order), h_tried
+        )
         ok = active & accept
         tiny = h.abs() <= 16 * eps * torch.maximum(tk.abs(), dt.abs())
         growth, pole_near = blow_up(
@@ -181,6 +195,11 @@ def control(
             cause = (
                 f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
                 "can resolve (a smaller rtol resolves it further)"
+            )
+        elif not bool(torch.isfinite(carry.hmag)):
+            cause = (
+                f"the controller {type(ctrl).__name__} proposed a step size that is not finite "
+                "and positive (NaN, infinite, zero or negative)"
             )
         elif bool(unfinished) and not bool(carry.stats.failed):
             cause = f"max_steps={tol.max_steps} trial steps were not enough"

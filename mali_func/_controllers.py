@@ -94,11 +94,47 @@ class IntegralController:
         return accept, h * factor, (~accept,)
 
 
+def checked_proposal(
+    controller: object, proposal: object, h: Tensor
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """A controller's ``(accept, h_next, memory)`` checked for its types and shapes (no host
+    read: every mode); a step that is not finite and positive is turned into NaN, which fails
+    the solve with a message naming the controller (:func:`mali_func._control.control`)."""
+    name = type(controller).__name__
+    if not isinstance(proposal, tuple) or len(proposal) != 3:
+        raise TypeError(
+            f"controller {name}.propose must return (accept, h_next, memory), got "
+            f"{type(proposal).__name__}"
+        )
+    accept, h_next, memory = proposal
+    if not isinstance(accept, Tensor) or accept.dtype != torch.bool or accept.shape != h.shape:
+        got = f"{accept.dtype} of shape {tuple(accept.shape)}" if isinstance(
+            accept, Tensor) else type(accept).__name__  # fmt: skip
+        raise TypeError(
+            f"controller {name}.propose returned accept = {got}; expected a bool tensor shaped "
+            f"like h {tuple(h.shape)} (e.g. err <= 1)"
+        )
+    if not isinstance(h_next, Tensor) or not h_next.is_floating_point() or h_next.shape != h.shape:
+        got = f"{h_next.dtype} of shape {tuple(h_next.shape)}" if isinstance(
+            h_next, Tensor) else f"{type(h_next).__name__} {h_next!r}"  # fmt: skip
+        raise TypeError(
+            f"controller {name}.propose returned h_next = {got}; expected a floating tensor "
+            f"shaped like h {tuple(h.shape)} (e.g. h * factor)"
+        )
+    if not isinstance(memory, tuple) or not all(isinstance(m, Tensor) for m in memory):
+        raise TypeError(
+            f"controller {name}.propose must return its memory as a tuple of tensors, got "
+            f"{type(memory).__name__}"
+        )
+    h_next = h_next.to(h.dtype)
+    return accept, torch.where(torch.isfinite(h_next) & (h_next > 0), h_next, torch.nan), memory
+
+
 @dataclass(frozen=True)
 class Tolerances:
     """An adaptive solve's settings (checked by :func:`mali_func._checks.check_adaptive`)."""
 
-    rtol: float
+    rtol: float  # 0-dim tensors while torch.compile traces (check_adaptive)
     atol: float
     max_steps: int
     first_step: float | None
@@ -106,10 +142,17 @@ class Tolerances:
     check_every: int = 8
 
 
+def _wide(x: Tensor) -> Tensor:
+    """Half precisions measured in float32: their squares overflow float16 at 256."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) -> Tensor:
+    """The mixed RMS norm of the module docs (float32 at least)."""
     total: Tensor | None = None
     count = 0
     for e, a, b in zip(err, before, after):
+        e, a, b = _wide(e), _wide(a), _wide(b)
         s = (e / (atol + rtol * torch.maximum(a.abs(), b.abs()))).square().sum()
         total = s if total is None else total + s
         count += e.numel()
@@ -122,16 +165,20 @@ def initial_step(
 ) -> Tensor:
     """Hairer-Wanner first step (two field evaluations), or ``tol.first_step`` (none)."""
     if tol.first_step is not None:
-        return torch.full_like(t0, tol.first_step)
+        return torch.zeros_like(t0) + tol.first_step
     f0 = field(t0, y0, params)
+    y0, f0 = tuple(_wide(y) for y in y0), tuple(_wide(f) for f in f0)
     scale = tuple(tol.atol + tol.rtol * y.abs() for y in y0)
     d0 = rms_norm(tuple(y / s for y, s in zip(y0, scale)), y0, y0, 0.0, 1.0)
     d1 = rms_norm(tuple(f / s for f, s in zip(f0, scale)), y0, y0, 0.0, 1.0)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    f1 = field(t0 + h0, tuple(y + h0 * f for y, f in zip(y0, f0)), params)
+    like = t0.dtype
+    h0 = h0.to(like)
+    f1 = field(t0 + h0, tuple((y + h0 * f).to(like) for y, f in zip(y0, f0)), params)
+    f1 = tuple(_wide(f) for f in f1)
     d2 = rms_norm(tuple((a - b) / s for a, b, s in zip(f1, f0, scale)), y0, y0, 0.0, 1.0) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(
         dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), _root(0.01 / dmax.clamp_min(1e-300), order)
     )
-    return torch.minimum(100 * h0, h1)
+    return torch.minimum(100 * h0, h1.to(h0.dtype)).to(like)

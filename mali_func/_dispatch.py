@@ -21,15 +21,15 @@ from . import _mode
 from ._checkpoint import check_traced_plan
 from ._control import SolveStats, control
 from ._controllers import Tolerances
-from ._drift import warn_if_decoupled
+from ._drift import Fallback
 from ._field import BoundField
 from ._forward_mode import solve
-from ._grid import RecordedGrid, UniformGrid
+from ._grid import RecordedGrid, Records, UniformGrid
 from ._loops import loops_for
 from ._passes import forward
 from ._solve import Spec
 from ._traced_transforms import check_traced_transform, vmap_traced_functions
-from .schemes import CoupledRK, ReversibleScheme, State
+from .schemes import ReversibleScheme, State
 
 
 def dispatch(
@@ -46,8 +46,10 @@ def dispatch(
     probe: Tensor | None,
     checkpoints: int | None = None,
     unroll: int = 1,
-) -> tuple[State, SolveStats | None]:
-    """Pick the loop backend and the gradient path of one solve."""
+    fallback: Fallback | None = None,
+) -> tuple[State, SolveStats | None, State]:
+    """Pick the loop backend and the gradient path of one solve; return the trajectories, the
+    stats of an adaptive solve and the final extended state (for the solve's checks)."""
     field, params = bound.field, bound.params
     loops = loops_for(mode)
     wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *start, *params))
@@ -77,26 +79,27 @@ def dispatch(
     if mode is _mode.Mode.EXPORT or (mode is _mode.Mode.COMPILE and not wants_grad):
         # Forward only: no gradient machinery (dynamo also fails to bind the Function then).
         if tol is not None:
-            trajs, _, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
-            return trajs, stats
+            trajs, final, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
+            return trajs, stats, final
         grid = UniformGrid(t, steps if n is None else n)
-        return forward(loops, scheme, field, grid, start, params, n_out, unroll=unroll)[0], None
+        trajs, final, _ = forward(loops, scheme, field, grid, start, params, n_out, unroll=unroll)
+        return trajs, None, final
     if gradient == "backprop" and loops is python:
         if tol is None:
             assert steps is not None
             trajs, final, _ = forward(
                 python, scheme, field, UniformGrid(t, steps), start, params, n_out
             )
-            if isinstance(scheme, CoupledRK):
-                warn_if_decoupled(scheme.pair(final), scheme)
-            return trajs, None
+            return trajs, None, final
         with torch.no_grad():
             _, _, records, count, stats = control(
                 python, scheme, field, t, start, params, n_out, tol
             )
+        # Step sizes are constants of the gradient (no_grad does not stop forward-mode AD).
+        records = Records(*(r.detach() for r in records))
         grid = RecordedGrid(t, records, count)
-        trajs = forward(python, scheme, field, grid, start, params, n_out)[0]
-        return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats
+        trajs, final, _ = forward(python, scheme, field, grid, start, params, n_out)
+        return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats, final
     # MALI, checkpointing; compiled adaptive backprop too (the same accepted steps, README).
     spec = Spec(
         loops=loops,
@@ -111,5 +114,6 @@ def dispatch(
         checkpoint=gradient == "checkpoint",
         budget=checkpoints,
         unroll=unroll,
+        fallback=fallback,
     )
     return solve(spec, t, n, probe, start, params)

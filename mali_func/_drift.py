@@ -12,6 +12,7 @@ computed along a trajectory other than the forward one and may be untrustworthy.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -24,39 +25,9 @@ class ReconstructionWarning(UserWarning):
     """The MALI reverse pass drifted further from the forward trajectory than allowed."""
 
 
-class CouplingWarning(UserWarning):
-    """The two states of a reversible Runge-Kutta coupling ended far apart: the forward solution
-    is unreliable (the coupling let its parasitic mode grow)."""
-
-
-COUPLING_TOL = 0.01
-"""Largest relative disagreement ``|y - z| / (|y| + |z|)`` of a coupled solve's final pair
-before :class:`CouplingWarning` (healthy solves measure 1e-9 to 1e-3; README)."""
-
-
-def warn_if_decoupled(pair: tuple[Tensor, Tensor] | None, where: object) -> None:
-    """Warn with :class:`CouplingWarning` when the final ``(y, z)`` of a coupled solve disagree
-    by more than :data:`COUPLING_TOL` (eager only: one host read; the worst sample of a vmap).
-    ``where`` (the scheme) is named in the message."""
-    if pair is None or tracing():
-        return
-    y, z = pair
-    gap = (y - z).flatten().norm() / (y.flatten().norm() + z.flatten().norm()).clamp_min(1e-300)
-    seen = host_view(gap.detach())
-    if seen is None:
-        return
-    value = float(seen.max())
-    if not value <= COUPLING_TOL:
-        warnings.warn(
-            f"{where!r}: the coupled pair (y, z) ends more than {COUPLING_TOL:.0%} apart "
-            "(relative): the coupling's parasitic mode grew, so the solution is "
-            "unreliable. The field contracts faster than the coupling was set for (coupling="
-            "'auto' measures the contraction at t[0] only): take more or smaller steps (a "
-            "smaller rtol), set a fixed coupling such as 0.9, or use the plain step "
-            "(coupling=None) with gradient='checkpoint'.",
-            CouplingWarning,
-            stacklevel=3,
-        )
+class FallbackWarning(ReconstructionWarning):
+    """A MALI backward failed its reconstruction check, and its gradient was recomputed exactly
+    by checkpointing the forward's own steps (``stats.fallback`` is set)."""
 
 
 class DriftMonitor:
@@ -153,4 +124,44 @@ def warn_if_drifted(error: Tensor, tol: float | None) -> None:
             "gradient='backprop'.",
             ReconstructionWarning,
             stacklevel=2,
+        )
+
+
+def check_reconstruction(error: Tensor, tol: float | None, fallback: bool) -> Tensor | None:
+    """Whether a MALI backward needs its fallback: the per-sample failure mask (``error > tol``
+    or non-finite), or ``None`` when every sample passed, while tracing, or when there is no
+    fallback (then a drift only warns, with :class:`ReconstructionWarning`)."""
+    if not fallback:
+        warn_if_drifted(error, tol)
+        return None
+    seen = host_view(error)
+    if seen is None:
+        return None
+    limit = math.inf if tol is None else tol
+    if bool((seen.detach() <= limit).all()):
+        return None
+    return ~(error <= limit)
+
+
+class Fallback:
+    """What a MALI solve's backward reports when it recomputes its gradient by checkpointing:
+    one :class:`FallbackWarning` and the flag ``stats.fallback`` (a 0-dim bool tensor of the
+    solve's :class:`~mali_func.SolveStats`, set in place by the backward pass)."""
+
+    def __init__(self, flag: Tensor) -> None:
+        self.flag = flag
+
+    def report(self, error: Tensor, tol: float | None, what: str) -> None:
+        seen = host_view(error)
+        worst = float("nan") if seen is None else float(seen.detach().max())
+        self.flag.fill_(True)
+        limit = "non-finite" if tol is None else f"above reconstruction_tol={tol:g}"
+        warnings.warn(
+            f"{what}: the MALI reconstruction failed (relative error {worst:.3e}, {limit}), so "
+            "the gradient was recomputed exactly by checkpointing the forward's steps (one more "
+            "forward pass and the checkpoint plan's memory; stats.fallback is set). The raw MALI "
+            "gradient: fallback=False. To keep MALI's constant memory: float64, more or "
+            "smaller steps, or a method that reconstructs stably (README, Choosing a method).",
+            FallbackWarning,
+            stacklevel=3,
         )

@@ -16,13 +16,12 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._control import SolveStats
-from ._drift import warn_if_decoupled
 from ._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON
 from ._mode import tracing, under_transform
 from ._passes import forward
 from ._solve import N_RECORDS, N_STATS, Solve, Spec
-from .schemes import CoupledRK, Params, State
+from .schemes import Params, State
 
 
 class ForwardModeSolve(Solve):
@@ -77,18 +76,19 @@ class ForwardModeSolve(Solve):
 
 
 def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
-          params: Params) -> tuple[State, SolveStats | None]:  # fmt: skip
-    """Differentiate with MALI or checkpointing; return the trajectories and (adaptive) stats.
+          params: Params) -> tuple[State, SolveStats | None, State]:  # fmt: skip
+    """Differentiate with MALI or checkpointing; return the trajectories, (adaptive) stats and
+    the final extended state (out of the gradient: for the solve's checks).
 
     The backward starts from the saved trajectories, so the caller gets copies: an in-place layer
     after the solve (``ReLU(inplace=True)``) cannot change what the backward reads.
     """
     function = Solve if tracing() else ForwardModeSolve
     out = function.apply(spec, t, n, probe, *state0, *params)
-    if isinstance(spec.scheme, CoupledRK):
-        final = (*(y[-1] for y in out[: spec.n_out]), *out[spec.n_out : spec.n_state])
-        warn_if_decoupled(spec.scheme.pair(final), spec.scheme)
+    final = tuple(
+        x.detach() for x in (*(y[-1] for y in out[: spec.n_out]), *out[spec.n_out : spec.n_state])
+    )
     trajs = tuple(x.clone() for x in out[: spec.n_out])
     if spec.tol is None:
-        return trajs, None
-    return trajs, SolveStats(*out[len(out) - N_STATS :])
+        return trajs, None, final
+    return trajs, SolveStats(*out[len(out) - N_STATS :]), final

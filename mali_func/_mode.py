@@ -57,7 +57,14 @@ def is_concrete(x: Tensor) -> bool:
         return False
     if torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
-    return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)
+    if type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter):
+        return True
+    # A subclass of the user's own is read like a tensor (its checks must not be skipped); fake
+    # and functional tensors (tracing machinery) have no values to read.
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(x, torch.Tensor) and not isinstance(x, (FakeTensor, FunctionalTensor))
 
 
 def under_transform() -> bool:

@@ -39,13 +39,25 @@ from ._compat import translate
 from ._control import SolveStats
 from ._controllers import Controller
 from ._dispatch import dispatch
-from ._drift import DriftMonitor, default_reconstruction_tol
-from ._field import autocast_field, bind_field, check_output, check_replayable
+from ._drift import DriftMonitor, Fallback, default_reconstruction_tol
+from ._field import (
+    autocast_field,
+    bind_field,
+    buffer_versions,
+    check_buffers_kept,
+    check_output,
+    check_replayable,
+    first_call,
+)
 from ._flat import unaliased
+from ._parasitic import parasitic
 from ._traced_transforms import check_per_sample
 from .schemes import COUPLING_DEFAULT, TABLEAUS, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
+
+FIXED_ATOL = 1e-6
+"""The absolute floor of a fixed-step solve's parasitic checks (the adaptive default ``atol``)."""
 
 
 def odeint(
@@ -68,6 +80,7 @@ def odeint(
     scheme: ReversibleScheme | None = None,
     monitor: DriftMonitor | None = None,
     reconstruction_tol: float | Literal["auto"] | None = "auto",
+    fallback: bool = True,
     max_steps: int | None = None,
     first_step: float | None = None,
     controller: Controller | None = None,
@@ -126,10 +139,18 @@ def odeint(
         scheme: any :class:`~mali_func.schemes.ReversibleScheme` instead of ``method`` (then
             without ``eta`` or ``coupling``).
         monitor: a :class:`DriftMonitor` that receives the reconstruction error of the backward.
-        reconstruction_tol: warn with :class:`ReconstructionWarning` when the relative
-            reconstruction error of a MALI backward exceeds it (one host read per backward, eager
-            only); ``"auto"`` (the default): ``1e-7`` for a float64 state, ``1e-3`` otherwise
-            (healthy solves rebuild to about ten ulps); ``None`` disables the check.
+        reconstruction_tol: the largest relative reconstruction error a MALI backward accepts
+            (one host read per backward, eager only); ``"auto"`` (the default): ``1e-7`` for a
+            float64 state, ``1e-3`` otherwise (healthy solves rebuild to about ten ulps);
+            ``None``: only a non-finite reconstruction fails the check.
+        fallback: what a MALI backward does when its reconstruction fails the check (error above
+            ``reconstruction_tol``, or non-finite): ``True`` (the default) recomputes the exact
+            gradient by checkpointing the forward's own steps (fixed grid, or the accepted steps
+            of an adaptive solve), warns once with :class:`FallbackWarning` and sets
+            ``stats.fallback``; under ``vmap`` only the failing samples take the recomputed
+            gradient. ``False`` returns the raw MALI gradient and warns with
+            :class:`ReconstructionWarning` (for studying the reconstruction). Compiled solves do
+            not fall back (their :class:`DriftMonitor` reports the error).
         rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
         max_steps: most trial steps of an adaptive solve (default 10,000).
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
@@ -177,6 +198,10 @@ def odeint(
     if reconstruction_tol == "auto":
         reconstruction_tol = default_reconstruction_tol(state[0].dtype)
     check_unroll(unroll)
+    if not isinstance(fallback, bool):
+        raise TypeError(f"fallback must be a bool, got {type(fallback).__name__}")
+    flag = torch.zeros((), dtype=torch.bool, device=t.device)
+    verified = fallback and gradient == "mali" and _mode.current() is _mode.Mode.EAGER
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
@@ -214,14 +239,21 @@ def odeint(
     module_check = isinstance(func, nn.Module) and engine and torch.is_grad_enabled()
     module_check = module_check and not _mode.under_transform()
     graph_check = module_check and _mode.current() is _mode.Mode.EAGER
+    # A module that changes a buffer in place as it runs: seen at its first evaluation.
+    versions = buffer_versions(func) if module_check and not _mode.tracing() else None
 
     def field_checked(t_: Tensor, y_: State, p_: Params) -> State:
-        out = bound.field(t_, y_, p_)
+        if checked or _mode.tracing() or _mode.under_transform():
+            out = bound.field(t_, y_, p_)
+        else:
+            out = first_call(bound.field, t_, y_, p_)
         check_output(out, state)
         if not checked and attributes:
             check_module_attributes(func, attributes)
         if not checked and graph_check:
             check_module_inputs(func, out, (t, t_, *state, *y_, *bound.params, *p_))
+        if not checked and versions is not None:
+            check_buffers_kept(func, versions)
         checked.append(True)
         return out
 
@@ -235,10 +267,12 @@ def odeint(
     if module_check and _mode.current() is _mode.Mode.COMPILE:
         check_module_detached(bound, t[0], state)
     probe = None if monitor is None or gradient != "mali" else monitor.probe(state[0])
-    trajectories, solve_stats = dispatch(
-        _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
-        reconstruction_tol, probe, checkpoints, unroll,
-    )  # fmt: skip
+    floor = FIXED_ATOL if tol is None else tol.atol
+    with bound.frozen():  # one spectral-norm power iteration per solve: the first evaluation's
+        trajectories, solve_stats, final = dispatch(
+            _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
+            reconstruction_tol, probe, checkpoints, unroll, Fallback(flag) if verified else None,
+        )  # fmt: skip
     if solve_stats is None:
         assert steps is not None
         count = torch.tensor(sum(steps), dtype=torch.long, device=t.device)
@@ -246,6 +280,13 @@ def odeint(
         solve_stats = SolveStats(n_evals, count, torch.zeros_like(count), count < 0)
     else:
         solve_stats = solve_stats._replace(n_f_evals=solve_stats.n_f_evals + n_init)
+    if _mode.current() is not _mode.Mode.EXPORT:
+        measure, n_evals = parasitic(scheme, bound, t, steps, final, floor)
+        solve_stats = solve_stats._replace(
+            n_f_evals=solve_stats.n_f_evals + n_evals,
+            parasitic=measure if measure is not None else torch.zeros_like(t[0]),
+        )
+    solve_stats = solve_stats._replace(fallback=flag)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
 

@@ -27,17 +27,17 @@ import torch
 from torch import Tensor
 
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
-from ._control import SolveStats, control
+from ._control import control
 from ._controllers import Tolerances
-from ._drift import reconstruction_error, warn_if_drifted
+from ._drift import Fallback, check_reconstruction, reconstruction_error
 from ._flat import unaliased
 from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops
 from ._passes import forward, reverse
-from .schemes import Field, Params, ReversibleScheme
+from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
-N_STATS = len(SolveStats._fields)
+N_STATS = 4  # the SolveStats fields the Function returns (not fallback, parasitic)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +56,7 @@ class Spec:
     checkpoint: bool = False  # gradient="checkpoint" (fixed grids need ``counts``)
     budget: int | None = None  # its ``checkpoints``; None: the default of ``plan``
     unroll: int = 1  # steps per iteration of a compiled loop (``odeint(unroll=)``)
+    fallback: Fallback | None = None  # MALI: recompute by checkpointing when the check fails
 
     def checkpointer(self, grid: Grid, params: Params, n_steps: int) -> Checkpointer:
         return Checkpointer(
@@ -107,7 +108,13 @@ class Solve(torch.autograd.Function):
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol
         )
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
-        return (*trajs, *unaliased(final[spec.n_out :], tensors), *records, count_t, *stats)
+        return (
+            *trajs,
+            *unaliased(final[spec.n_out :], tensors),
+            *records,
+            count_t,
+            *stats[:N_STATS],
+        )
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -138,32 +145,83 @@ class Solve(torch.autograd.Function):
         g_out = tuple(g.contiguous() for g in grads[:n_out])
         cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
         time_grad = bool(ctx.needs_input_grad[1])
-        grid: Grid
-        ck: Checkpointer | None
-        if spec.tol is None:
-            grid, ck = spec.fixed(t, n, params)
-        else:
-            python = spec.loops is PYTHON
-            records = Records(*extra[:-1])
-            count = records.start.shape[0] if python else extra[-1]
-            grid = RecordedGrid(t, records, count)
-            ck = None
-            if spec.checkpoint:
-                ck = spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
+        grid, ck = _grid_of(spec, t, n, params, extra)
         if ck is not None:
-            with spec.replay():
-                # Level 0: kept by a fixed grid's forward, or the accepted steps replayed once.
-                top = extra
-                if spec.tol is not None:
-                    top = ck.record(state0, 0, grid.length(0), ck.plan.stride(0))
-                cot, acc, grad_t = reverse_checkpointed(ck, top, cot, g_out, time_grad)
+            top = extra if spec.tol is None else None
+            cot, acc, grad_t = _checkpointed(spec, ck, top, state0, cot, g_out, time_grad)
             return (None, grad_t, None, None, *cot, *acc)
         final = (*(y[-1] for y in trajs), *aux)
         with spec.replay():
-            state, cot, acc, grad_t = reverse(
+            state, cot_m, acc, grad_t = reverse(
                 spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad,
                 unroll=spec.unroll,
             )  # fmt: skip
         error = reconstruction_error(state, state0)
-        warn_if_drifted(error, spec.reconstruction_tol)
-        return (None, grad_t, None, error if ctx.has_probe else None, *cot, *acc)
+        failed = check_reconstruction(error, spec.reconstruction_tol, spec.fallback is not None)
+        if failed is not None:
+            # The verified gradient: the reconstruction failed (for some samples, under vmap),
+            # so the exact gradient is recomputed from the forward's own grid by checkpointing.
+            assert spec.fallback is not None
+            ck = _fallback_checkpointer(spec, grid, t, params)
+            exact = _checkpointed(spec, ck, None, state0, cot, g_out, time_grad)
+            cot_m, acc, grad_t = _select_where(failed, exact, (cot_m, acc, grad_t))
+            spec.fallback.report(error, spec.reconstruction_tol, _describe(spec, t, grid))
+        return (None, grad_t, None, error if ctx.has_probe else None, *cot_m, *acc)
+
+
+def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...]
+             ) -> tuple[Grid, Checkpointer | None]:  # fmt: skip
+    """The forward's grid (and checkpointer under ``gradient="checkpoint"``) for the backward."""
+    if spec.tol is None:
+        return spec.fixed(t, n, params)
+    python = spec.loops is PYTHON
+    records = Records(*extra[:-1])
+    count = records.start.shape[0] if python else extra[-1]
+    grid = RecordedGrid(t, records, count)
+    if not spec.checkpoint:
+        return grid, None
+    return grid, spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
+
+
+def _checkpointed(spec: Spec, ck: Checkpointer, top: Any, state0: State, cot: State,
+                  g_out: State, time_grad: bool) -> Any:  # fmt: skip
+    """Cotangents of the initial state, the parameters and ``t`` by checkpointing.
+
+    Level 0 is the forward's own (``top``, fixed grids) only for a first-order backward: when the
+    backward itself is differentiated (``create_graph``, nested :mod:`torch.func` transforms),
+    level 0 is re-recorded from the initial state so that every stored state stays a function of
+    ``y0`` and the parameters (the forward's rows are outputs without a graph)."""
+    with spec.replay():
+        if top is None or torch.is_grad_enabled():
+            top = ck.record(state0, 0, ck.grid.length(0), ck.plan.stride(0))
+        return reverse_checkpointed(ck, top, cot, g_out, time_grad)
+
+
+def _fallback_checkpointer(spec: Spec, grid: Grid, t: Tensor, params: Params) -> Checkpointer:
+    """The checkpointer that replays a MALI solve's own steps (its fixed grid, flattened, or the
+    accepted steps an adaptive solve recorded)."""
+    if spec.tol is None:
+        assert spec.counts is not None
+        grid = FlatGrid(t, spec.counts)
+        return spec.checkpointer(grid, params, grid.total)
+    assert isinstance(grid, RecordedGrid)
+    return spec.checkpointer(grid, params, grid.records.start.shape[0])
+
+
+def _describe(spec: Spec, t: Tensor, grid: Grid) -> str:
+    """``"CoupledRK(dopri5, ...) over [0, 25], 57 accepted steps"``, for the fallback warning."""
+    if spec.tol is None:
+        steps = f"{sum(spec.counts or ())} fixed steps"
+    else:
+        assert isinstance(grid, RecordedGrid)
+        steps = f"{int(grid.records.accepted.sum())} accepted steps"
+    return f"{spec.scheme!r} over [{float(t[0]):.6g}, {float(t[-1]):.6g}], {steps}"
+
+
+def _select_where(failed: Tensor, exact: Any, raw: Any) -> Any:
+    """``exact`` where ``failed`` (per sample under vmap), else ``raw``; ``None`` stays."""
+    if isinstance(exact, (tuple, list)):
+        return tuple(_select_where(failed, e, r) for e, r in zip(exact, raw))
+    if exact is None or raw is None:
+        return exact if raw is None else raw
+    return torch.where(failed, exact, raw)

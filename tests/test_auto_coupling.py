@@ -112,14 +112,12 @@ def test_automatic_coupling_is_accurate_where_a_coupling_near_one_is_not() -> No
 
 def test_the_chosen_coupling_lies_in_its_range_and_does_not_need_a_gradient() -> None:
     scheme = CoupledRK(TABLEAUS["rk4"], coupling="auto")
-    y = torch.randn(3, 2, dtype=F64)
     for rho, h in [(0.0, 0.1), (2.0, 0.1), (50.0, 0.5)]:
-        state = (y, y.clone(), torch.tensor(rho, dtype=F64))
         h_ = torch.tensor(h, dtype=F64, requires_grad=True)
-        lam = scheme._split(state, h_)[3]
+        lam = scheme._coupling(h_, torch.tensor(rho, dtype=F64), ())
         assert isinstance(lam, torch.Tensor) and 0.5 <= lam.item() <= 1.0
         assert not lam.requires_grad
-    assert scheme._split((y, y, torch.tensor(0.0, dtype=F64)), torch.tensor(0.1))[3] == 1.0
+    assert scheme._coupling(torch.tensor(0.1), torch.tensor(0.0), ()) == 1.0
 
 
 def test_automatic_coupling_through_vmap_and_the_ode_block(field: MLPField) -> None:

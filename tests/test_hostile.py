@@ -9,7 +9,7 @@ from conftest import MLPField
 from helpers import F64, assert_close_all, relative_error
 from torch import Tensor, nn
 
-from mali_func import ODEBlock, ReconstructionWarning, odeint
+from mali_func import FallbackWarning, ODEBlock, ReconstructionWarning, odeint
 
 
 def test_t_as_a_numpy_array_is_accepted_like_a_list(field: MLPField) -> None:
@@ -88,15 +88,28 @@ def test_create_graph_through_mali_is_refused_with_what_to_use(field: MLPField) 
 
 
 @pytest.mark.parametrize("transform", ["grad", "vmap_grad"])
-def test_drift_is_reported_under_torch_func_transforms(field: MLPField, transform: str) -> None:
+def test_drift_under_torch_func_transforms_falls_back_to_the_exact_gradient(
+    field: MLPField, transform: str
+) -> None:
     y0 = torch.randn(3, 3, dtype=F64)
 
-    def loss(y: Tensor) -> Tensor:
-        return odeint(field, y, [0.0, 1.0], n_steps=200, eta=0.45)[-1].pow(2).sum()
+    def loss(y: Tensor, gradient: str = "mali", fallback: bool = True) -> Tensor:
+        ys = odeint(
+            field, y, [0.0, 1.0], n_steps=200, eta=0.45, gradient=gradient, fallback=fallback
+        )
+        return ys[-1].pow(2).sum()
 
-    fn = torch.func.grad(loss) if transform == "grad" else torch.func.vmap(torch.func.grad(loss))
+    def run(**kw: object) -> Tensor:
+        fn = torch.func.grad(lambda y: loss(y, **kw))  # type: ignore[arg-type]
+        return fn(y0) if transform == "grad" else torch.func.vmap(fn)(y0)
+
+    with pytest.warns(FallbackWarning, match="recomputed exactly by checkpointing"):
+        verified = run()
+    expected = run(gradient="backprop")
+    torch.testing.assert_close(verified, expected, rtol=1e-10, atol=1e-12)
     with pytest.warns(ReconstructionWarning, match="drifted"):
-        fn(y0)
+        raw = run(fallback=False)
+    assert not torch.allclose(raw, expected, rtol=1e-6)
 
 
 class Normed(nn.Module):

@@ -22,23 +22,31 @@ about :math:`\lambda / R(w)` forward and :math:`R(w) / \lambda` in the reverse r
 :math:`\lambda` amplifies round-off in the reverse pass (measured in the project's design notes,
 section 5). The engine measures the reconstruction error of every MALI backward.
 
-``coupling="auto"`` picks :math:`\lambda` per step from the step size and a contraction estimate:
-at the start of the solve, power iterations on the field's Jacobian (by finite differences, so
-every mode can trace them; kept out of the gradient) estimate the contraction rate
-:math:`\rho = \max(0, -\operatorname{Re} \mu)` of its most contracting eigenvalue :math:`\mu`
-(:func:`contraction_rate`), which is carried as the last entry of the state; each step uses
+``coupling="auto"`` picks :math:`\lambda` per step from the step size and the contraction
+:math:`\sigma` that the stages of the step's own forward increment :math:`\Psi_h(t, z)` see
+(:func:`~mali_func.schemes._tableau.stage_contraction`: Rayleigh quotients of the field's
+Jacobian along the stage differences, no extra evaluation, kept out of the gradient):
 
 .. math::
 
-    \lambda = \operatorname{clip}\big(R(-|h| \rho)^{3/2},\ 1/2,\ 1\big),
+    \lambda = \operatorname{clip}\big(R(-|h| \sigma)^{3/2},\ 1/2,\ 1\big),
 
-so the forward parasitic factor :math:`\lambda / R` is :math:`R^{1/2} < 1` on the stiffest
-contracting direction while the reverse amplification :math:`1/\lambda` per step stays within
-:math:`e^{1.5 |h| \rho}`, the same order as the physical contraction. On oscillatory dynamics
-(:math:`\rho = 0`) :math:`\lambda = 1`: no reverse amplification beyond the physics', where any
-fixed :math:`\lambda < 1` multiplies round-off by :math:`\lambda^{-N}` over :math:`N` steps.
-The inverse recomputes the same :math:`\lambda` from :math:`h` and :math:`\rho`, so the step
-stays exactly invertible.
+so the forward parasitic factor :math:`\lambda / R` is :math:`R^{1/2} < 1` on the contracting
+direction while the reverse amplification :math:`1/\lambda` per step stays within
+:math:`e^{1.5 |h| \sigma}`, the same order as the physical contraction. On oscillatory dynamics
+(:math:`\sigma = 0`) :math:`\lambda = 1`: no reverse amplification beyond the physics', where
+any fixed :math:`\lambda < 1` multiplies round-off by :math:`\lambda^{-N}` over :math:`N` steps.
+The estimate follows the field along the solve (``y' = y**3 A`` starts near rate 24 and ends near
+0.1). The step stays exactly invertible: the inverse rebuilds :math:`z` first
+(:math:`z = z' + \Psi_{-h}(t + h, y')`), then evaluates :math:`\Psi_h(t, z)` with the same stages
+and so recomputes the same :math:`\lambda` before it solves for :math:`y`. A one-stage tableau
+(Euler) has no stage differences: it carries an estimate made at ``t[0]`` by power iterations on
+finite-difference Jacobian-vector products (:func:`contraction_rate`) as the state's last entry.
+
+No coupling beats the physics: reconstructing a solve whose fastest mode decays like
+:math:`e^{-r T}` amplifies round-off by about :math:`e^{r T}` (two decay rates 1 and 40 over
+``T = 1``: 1e17). Such solves fail their reconstruction check and fall back to checkpointing
+(:mod:`mali_func._solve`).
 
 The reverse pass evaluates each base increment once, under a VJP: the inverse's
 :math:`\Psi_{-h}(t + h, y')` and :math:`\Psi_h(t, z)` are exactly the forward step's, so their
@@ -57,6 +65,9 @@ from torch import Tensor
 from .._mode import tracing
 from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, add_optional
 from ._tableau import ButcherTableau
+
+MIN_COUPLING = 0.5
+"""The smallest automatic ``lambda``: the reverse amplifies by at most ``1/lambda`` a step."""
 
 AUTO_EXPONENT = 1.5
 """``lambda = R(-|h| rho)^AUTO_EXPONENT`` under ``coupling="auto"`` (module docs)."""
@@ -134,6 +145,9 @@ class CoupledRK(ReversibleScheme):
                 raise ValueError(f"coupling must lie in (0, 1] or be 'auto', got {coupling}")
         self.tableau = tableau
         self.coupling: float | str = "auto" if self.auto else coupling
+        # A one-stage tableau has no stage differences to read the contraction from: it carries
+        # an estimate made at t[0] instead (the state's last entry).
+        self.carries_rate = self.auto and tableau.stages < 2
         # Traced code (compile, export) multiplies by a 0-dim tensor: a coupling that changed
         # between compiled calls is a symbolic float, which while_loop does not take.
         self._lam: float | Tensor = 1.0
@@ -155,29 +169,38 @@ class CoupledRK(ReversibleScheme):
     def init(self, field: Field, t0: Tensor, y0: State, params: Params) -> State:
         # z0 = y0 as its own tensor: torch.compile refuses one tensor passed twice to a Function.
         pair = (*y0, *(y.clone() for y in y0))
-        return (*pair, contraction_rate(field, t0, y0, params)) if self.auto else pair
+        return (*pair, contraction_rate(field, t0, y0, params)) if self.carries_rate else pair
 
-    def _split(self, state: State, h: Tensor) -> tuple[State, State, State, Tensor | float]:
-        """``(y, z, extra, lambda)`` of a state; ``extra`` is ``(rho,)`` under ``"auto"``."""
+    def _split(self, state: State) -> tuple[State, State, State]:
+        """``(y, z, extra)`` of a state; ``extra`` is ``(rho,)`` for a one-stage ``"auto"``."""
+        n = (len(state) - (1 if self.carries_rate else 0)) // 2
+        return state[:n], state[n : 2 * n], state[2 * n :]
+
+    def _coupling(self, h: Tensor, sigma: Tensor | None, extra: State) -> Tensor | float:
+        """``lambda`` of a step: fixed, or from the contraction its forward stages see."""
         if not self.auto:
-            n = len(state) // 2
-            return state[:n], state[n:], (), self._lam
-        n = (len(state) - 1) // 2
-        rho = state[-1]
-        r = self.tableau.stability(-(h.detach().abs() * rho))
-        lam = r.clamp_min(0.0).pow(AUTO_EXPONENT).clamp(0.5, 1.0)
-        return state[:n], state[n : 2 * n], (rho,), lam
+            return self._lam
+        rate = extra[0] if sigma is None else sigma
+        r = self.tableau.stability(-(h.detach().abs() * rate))
+        return r.clamp_min(0.0).pow(AUTO_EXPONENT).clamp(MIN_COUPLING, 1.0)
+
+    def _psi(
+        self, field: Field, t: Tensor, h: Tensor, z: State, params: Params, error: bool
+    ) -> tuple[State, State | None, Tensor | None]:
+        """The forward base step ``Psi_h(t, z)``, its estimate, and its stages' contraction."""
+        return self.tableau.increment_and_rate(field, t, h, z, params, error=error, rate=self.auto)
 
     def pair(self, state: State) -> tuple[Tensor, Tensor]:
         """The first components of ``y`` and ``z`` of a state (the disagreement check)."""
-        n = (len(state) - (1 if self.auto else 0)) // 2
-        return state[0], state[n]
+        y, z, _ = self._split(state)
+        return y[0], z[0]
 
     def _forward(
         self, field: Field, t: Tensor, h: Tensor, state: State, params: Params, error: bool
     ) -> tuple[State, State | None]:
-        y, z, extra, lam = self._split(state, h)
-        psi, err = self.tableau.increment(field, t, h, z, params, error=error)
+        y, z, extra = self._split(state)
+        psi, err, sigma = self._psi(field, t, h, z, params, error)
+        lam = self._coupling(h, sigma, extra)
         y_new = tuple(lam * a + (1 - lam) * b + p for a, b, p in zip(y, z, psi))
         back, err_back = self.tableau.increment(field, t + h, -h, y_new, params, error=error)
         if err is not None and err_back is not None:
@@ -199,10 +222,11 @@ class CoupledRK(ReversibleScheme):
         return new, err
 
     def inverse(self, field: Field, t: Tensor, h: Tensor, state: State, params: Params) -> State:
-        y_new, z_new, extra, lam = self._split(state, h)
+        y_new, z_new, extra = self._split(state)
         back = self.tableau.increment(field, t + h, -h, y_new, params)[0]
         z = tuple(b + p for b, p in zip(z_new, back))
-        psi = self.tableau.increment(field, t, h, z, params)[0]
+        psi, _, sigma = self._psi(field, t, h, z, params, False)
+        lam = self._coupling(h, sigma, extra)
         y = tuple((a - (1 - lam) * b - p) / lam for a, b, p in zip(y_new, z, psi))
         return (*y, *z, *(x.clone() for x in extra))
 
@@ -219,7 +243,7 @@ class CoupledRK(ReversibleScheme):
         vjp: VJP = torch.func.vjp,
     ) -> Reverse:
         tab = self.tableau
-        y_new, z_new, extra, lam = self._split(state, h)
+        y_new, z_new, extra = self._split(state)
         n = len(y_new)
         a_y_new, a_z_new = cotangent[:n], cotangent[n : 2 * n]
 
@@ -232,17 +256,21 @@ class CoupledRK(ReversibleScheme):
             return tab.increment(field, t_ + h_, -h_, x, p)[0]
 
         def psi_fwd(t_: Tensor, h_: Tensor, x: State, p: Params) -> State:
-            return tab.increment(field, t_, h_, x, p)[0]
+            psi, _, sigma = self._psi(field, t_, h_, x, p, False)
+            # The stages' contraction rides along as a last output (out of the gradient).
+            return (*psi, *(() if sigma is None else (sigma,)))
 
         back, pull_back = pulled(psi_back, y_new)
         z = tuple(b + p for b, p in zip(z_new, back))
-        psi, pull_fwd = pulled(psi_fwd, z)
+        psi_out, pull_fwd = pulled(psi_fwd, z)
+        psi, rate = psi_out[:n], psi_out[n:]
+        lam = self._coupling(h, rate[0] if rate else None, extra)
         y = tuple((a - (1 - lam) * b - p) / lam for a, b, p in zip(y_new, z, psi))
 
         # Adjoint of y' = lam y + (1 - lam) z + Psi_h(t, z), z' = z - Psi_{-h}(t + h, y').
         from_z = pull_back(tuple(-a for a in a_z_new))
         a_y_total = tuple(a + b for a, b in zip(a_y_new, from_z[0]))
-        from_y = pull_fwd(a_y_total)
+        from_y = pull_fwd((*a_y_total, *(torch.zeros_like(r) for r in rate)))
         a_y = tuple(lam * a for a in a_y_total)
         a_z = tuple(a + (1 - lam) * b + c for a, b, c in zip(a_z_new, a_y_total, from_y[0]))
         a_p = tuple(add_optional(u, v) for u, v in zip(from_z[-1], from_y[-1]))

@@ -101,18 +101,71 @@ class ButcherTableau:
         self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *, error: bool = False
     ) -> tuple[State, State | None]:
         """``Psi_h(t, y)`` and, with ``error``, the embedded error estimate."""
+        psi, err, _ = self.increment_and_rate(field, t, h, y, params, error=error, rate=False)
+        return psi, err
+
+    def increment_and_rate(
+        self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *,
+        error: bool = False, rate: bool = True,
+    ) -> tuple[State, State | None, Tensor | None]:  # fmt: skip
+        """:meth:`increment` and, with ``rate``, the contraction seen by its stages
+        (:func:`stage_contraction`; ``None`` for a one-stage tableau), out of the gradient."""
         ks: list[State] = []
+        points: list[State] = []
         for i in range(self.stages):
             yi = y
             for j, a in enumerate(self.a[i]):
                 if a != 0.0:
                     yi = tuple(x + (a * h) * k for x, k in zip(yi, ks[j]))
+            points.append(yi)
             ks.append(field(t + self.c[i] * h, yi, params))
         psi = _combine(self.b, ks, h)
+        sigma = stage_contraction(points, ks, self.c) if rate and self.stages > 1 else None
         if not error:
-            return psi, None
+            return psi, None, sigma
         assert self.b_error is not None
-        return psi, _combine(self.b_error, ks, h)
+        return psi, _combine(self.b_error, ks, h), sigma
+
+
+def _dot(a: State, b: State) -> Tensor:
+    total = (a[0] * b[0]).sum()
+    for x, z in zip(a[1:], b[1:]):
+        total = total + (x * z).sum()
+    return total
+
+
+def stage_contraction(points: list[State], ks: list[State], c: tuple[float, ...]) -> Tensor:
+    r"""The contraction rate the stages of one step see, out of the gradient:
+
+    .. math::
+
+        \sigma = \max\Big(0,\ \min_i -\frac{\langle k_{i+1} - k_i,\ Y_{i+1} - Y_i\rangle}
+        {\|Y_{i+1} - Y_i\|^2}\Big)
+
+    over consecutive stages (points :math:`Y_i`, slopes :math:`k_i = f(t + c_i h, Y_i)`): the
+    Rayleigh quotient of the field's Jacobian along each stage difference, the real part of the
+    local rate in the direction the step explores. It costs no evaluation (stiffness detection
+    in explicit codes reads the same differences: Hairer & Wanner, *Solving ODEs II*, section
+    IV.2). Only the pairs at equal nodes (``c_i = c_{i+1}``: RK4's two midpoints, the last two
+    stages of dopri5 and tsit5) are used where the tableau has them: elsewhere the difference of
+    the slopes also holds the field's change in time, which near a slowly moving equilibrium of
+    a time-dependent field hides its contraction (measured: a gradient 30x less accurate at 40
+    RK4 steps). The minimum over the pairs, not the maximum: a non-normal Jacobian
+    (``y**3 @ A``) shows transient contraction along single directions (its numerical range)
+    that its eigenvalues do not have.
+    """
+    with torch.no_grad():
+        best: Tensor | None = None
+        same = [i for i in range(len(ks) - 1) if c[i] == c[i + 1]]
+        for i in same or range(len(ks) - 1):
+            dy = tuple((a - b).detach() for a, b in zip(points[i + 1], points[i]))
+            dk = tuple((a - b).detach() for a, b in zip(ks[i + 1], ks[i]))
+            size = _dot(dy, dy)
+            quotient = -_dot(dk, dy) / size.clamp_min(torch.finfo(size.dtype).tiny)
+            quotient = torch.where(size > 0, quotient, torch.zeros_like(quotient))
+            best = quotient if best is None else torch.minimum(best, quotient)
+        assert best is not None
+        return best.clamp_min(0.0)
 
 
 def _combine(weights: tuple[float, ...], ks: list[State], h: Tensor) -> State:
