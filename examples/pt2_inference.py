@@ -50,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
         start = time.perf_counter()
-        out = runner(x)
+        try:
+            out = runner(x)
+        except Exception as err:  # AOTInductor's shape checks raise with a C++ trace
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SystemExit(
+                f"error: the package cannot run on an input of shape {tuple(x.shape)} "
+                f"({first}); give the shape it was exported for (--shape, batch axis first)"
+            ) from None
         seconds = time.perf_counter() - start
     y = out[0] if isinstance(out, (tuple, list)) else out
     print(f"output {tuple(y.shape)} in {1e3 * seconds:.2f} ms")

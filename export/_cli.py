@@ -96,10 +96,19 @@ def _load_model(factory: Callable[[], Any], weights: Path | None) -> nn.Module:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"--weights: cannot load {weights}: {err}") from err
+            raise ValueError(
+                f"--weights: {weights} is not a state_dict file written by torch.save "
+                f"({type(err).__name__}: {err}); save one with "
+                "torch.save(model.state_dict(), path)"
+            ) from err
         if not isinstance(state, dict):
             raise TypeError(f"{weights} must hold a state_dict, got {type(state).__name__}")
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"--weights: {weights} does not fit the factory's model: {err}"
+            ) from err
     return model
 
 

@@ -14,7 +14,8 @@ from ._drift import (
     FallbackWarning,
     ReconstructionWarning,
 )
-from ._odeint import odeint, odeint_adjoint
+from ._odeint import odeint
+from ._odeint_adjoint import odeint_adjoint
 from ._parasitic import CouplingWarning, ParasiticModeWarning
 from ._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta

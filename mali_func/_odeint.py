@@ -18,14 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _mode
-from ._captures import (
-    check_module_attributes,
-    check_module_detached,
-    check_module_inputs,
-    check_no_capture,
-    guard_captures,
-    module_attributes,
-)
+from ._captures import check_no_capture, guard_captures
 from ._checks import (
     check_adaptive,
     check_options,
@@ -40,19 +33,18 @@ from ._control import SolveStats
 from ._controllers import Controller
 from ._dispatch import dispatch
 from ._drift import DriftMonitor, Fallback, default_reconstruction_tol
-from ._field import (
-    autocast_field,
-    bind_field,
-    buffer_versions,
-    check_buffers_kept,
-    check_output,
-    check_replayable,
-    first_call,
-)
+from ._field import autocast_field, bind_field, check_output, check_replayable
 from ._flat import unaliased
+from ._module_checks import (
+    check_module_attributes,
+    check_module_detached,
+    check_module_inputs,
+    module_attributes,
+)
+from ._module_state import buffer_versions, check_buffers_kept, first_call
 from ._parasitic import parasitic
 from ._traced_transforms import check_per_sample
-from .schemes import COUPLING_DEFAULT, TABLEAUS, Params, ReversibleScheme, State, scheme_for
+from .schemes import COUPLING_DEFAULT, Params, ReversibleScheme, State, scheme_for
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -245,7 +237,8 @@ def odeint(
     def field_checked(t_: Tensor, y_: State, p_: Params) -> State:
         if checked or _mode.tracing() or _mode.under_transform():
             out = bound.field(t_, y_, p_)
-        else:
+        else:  # on copies: a field never modifies the caller's y0
+            y_ = tuple(x.clone() for x in y_)
             out = first_call(bound.field, t_, y_, p_)
         check_output(out, state)
         if not checked and attributes:
@@ -289,40 +282,3 @@ def odeint(
     solve_stats = solve_stats._replace(fallback=flag)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
-
-
-TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
-
-
-def odeint_adjoint(
-    func: Callable[..., Any],
-    y0: TensorOrTuple,
-    t: Tensor | Sequence[float],
-    rtol: float | None = None,
-    atol: float | None = None,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> Any:
-    """:func:`odeint` with torchdiffeq's defaults, for ``from mali_func import odeint_adjoint as
-    odeint``: ``method="dopri5"`` unless a ``scheme`` is given, ``rtol=1e-7, atol=1e-9`` on
-    adaptive solves, and, for a Runge-Kutta method given neither ``coupling`` nor
-    ``gradient``, torchdiffeq's own plain step (``coupling=None``) differentiated by
-    ``gradient="checkpoint"``: the same discrete solve as torchdiffeq's forward, its exact
-    gradient (which the adjoint method approximates) in bounded memory, and none of the reversible
-    coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
-    coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
-    argument of :func:`odeint` is accepted."""
-    fixed = any(kwargs.get(k) is not None for k in ("n_steps", "step_size")) or (
-        isinstance(options, Mapping) and "step_size" in options
-    )
-    if method is None and kwargs.get("scheme") is None:
-        method = TORCHDIFFEQ_METHOD
-    if isinstance(method, str) and method in TABLEAUS and "coupling" not in kwargs:
-        gradient = kwargs.setdefault("gradient", "checkpoint")
-        if gradient != "mali":
-            kwargs["coupling"] = None
-    if not fixed:
-        rtol = TORCHDIFFEQ_RTOL if rtol is None else rtol
-        atol = TORCHDIFFEQ_ATOL if atol is None else atol
-    return odeint(func, y0, t, rtol, atol, method, options, **kwargs)

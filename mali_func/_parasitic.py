@@ -103,9 +103,7 @@ def parasitic(
     return None, 0
 
 
-def _warn(
-    value: Tensor, tol: float, category: type[Warning], message: Callable[[], str]
-) -> None:
+def _warn(value: Tensor, tol: float, category: type[Warning], message: Callable[[], str]) -> None:
     """One host read in eager code (the worst sample of a ``vmap``); nothing while tracing (where
     the message is not even built)."""
     seen = host_view(value)

@@ -80,7 +80,21 @@ class DPODEBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         params = {name: getattr(self, flat) for name, flat in self._flat.items()}
+        if not self._tracing_opacus():
+            for name, value in self._block.named_parameters():
+                if params.get(name) is not value:
+                    raise ValueError(
+                        f"the block's parameter {name!r} was replaced after the block was "
+                        "wrapped, so this DPODEBlock would train the old one: assign the new "
+                        "parameter before prepare_for_opacus, or wrap the block again"
+                    )
         return functional_call(self._block, params, (x,))
+
+    def _tracing_opacus(self) -> bool:
+        """Inside Opacus's functorch per-sample pass the parameters are substituted copies."""
+        from ._mode import under_transform
+
+        return under_transform()
 
     def train(self, mode: bool = True) -> DPODEBlock:
         super().train(mode)
@@ -125,13 +139,30 @@ def prepare_for_opacus(model: nn.Module) -> nn.Module:
     tensors, so an optimizer built before still holds them, and ``state_dict`` keys do not change.
     Call it before ``PrivacyEngine.make_private``.
     """
+    return _prepared(model, {})
+
+
+def _prepared(model: nn.Module, wrappers: dict[int, DPODEBlock]) -> nn.Module:
+    """:func:`prepare_for_opacus`, refusing a block used in several places: two wrappers would
+    share its parameters (per-sample gradients 48% off, silently), and one wrapper reused fails
+    inside Opacus (its per-sample pass re-runs the module with Opacus's hooks attached)."""
     if isinstance(model, ODEBlock):
-        return DPODEBlock(model)
-    for name, child in list(model.named_children()):
+        if id(model) in wrappers:
+            raise ValueError(
+                "one ODEBlock is used in several places of the model; per-sample gradients "
+                "(Opacus) need each use to be its own block: build one ODEBlock per use (with "
+                "their own fields), or share the field's weights outside Opacus"
+            )
+        wrappers[id(model)] = DPODEBlock(model)
+        return wrappers[id(model)]
+    # Every slot (named_children yields a module used twice only once).
+    for name, child in list(model._modules.items()):
+        if child is None:
+            continue
         if isinstance(child, ODEBlock):
-            setattr(model, name, DPODEBlock(child))
+            setattr(model, name, _prepared(child, wrappers))
         elif not isinstance(child, DPODEBlock):
-            prepare_for_opacus(child)
+            _prepared(child, wrappers)
     return model
 
 

@@ -157,6 +157,10 @@ def test_an_adaptive_model_packages_runs_without_model_code_and_matches(tmp_path
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "predicted classes" in out.stdout
+    wrong = subprocess.run([sys.executable, str(script), str(path), "--shape", "3,5"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "cannot run on an input of shape (3, 5)" in wrong.stderr
 
 
 def test_a_truncated_package_is_named_not_a_native_crash(tmp_path: Path) -> None:

@@ -208,7 +208,12 @@ def test_cli_bad_weights_and_failing_factory_are_errors(factory, capsys) -> None
     junk.write_bytes(b"not a checkpoint")
     out = str(factory / "m.onnx")
     assert main(["hostile_factory:Model", "-w", str(junk), "-s", "2,3", "-o", out]) == 1
-    assert f"--weights: cannot load {junk}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--weights: {junk} is not a state_dict file written by torch.save" in err
+    assert "torch.save(model.state_dict(), path)" in err
+    torch.save({"other.weight": torch.zeros(2)}, junk)
+    assert main(["hostile_factory:Model", "-w", str(junk), "-s", "2,3", "-o", out]) == 1
+    assert f"--weights: {junk} does not fit the factory's model" in capsys.readouterr().err
     assert main(["hostile_factory:broken", "-s", "2,3", "-o", out]) == 1
     assert "the factory broken raised KeyError" in capsys.readouterr().err
 

@@ -134,3 +134,80 @@ def test_a_float16_adaptive_solve_starts_and_finishes(method: str) -> None:
     exact = odeint(rotation, y0.double(), [0.0, 2.0], method=method, rtol=1e-9, atol=1e-12)
     assert ys.dtype == torch.float16 and not bool(stats.failed)
     torch.testing.assert_close(ys[-1].double(), exact[-1], rtol=2e-2, atol=2e-2)
+
+
+class Hamiltonian(nn.Module):
+    """A Hamiltonian network: the field is the symplectic gradient of a learned energy, taken
+    on a leaf the field makes itself from its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.energy = nn.Sequential(nn.Linear(2, 16, dtype=F64), nn.Tanh(),
+                                    nn.Linear(16, 1, dtype=F64))  # fmt: skip
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = y.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(self.energy(x).sum(), x, create_graph=True)
+        return torch.stack([grad[..., 1], -grad[..., 0]], -1)
+
+
+@pytest.mark.parametrize(
+    ("gradient", "options"),
+    [
+        ("mali", {}),
+        ("mali", {"method": "rk4"}),
+        ("checkpoint", {"method": "rk4", "coupling": None}),
+    ],
+)
+def test_a_hamiltonian_field_with_its_own_leaf_gets_backprops_gradient(
+    gradient: str, options: dict[str, object]
+) -> None:
+    grads = []
+    for mode in (gradient, "backprop"):
+        torch.manual_seed(0)
+        field = Hamiltonian()
+        y0 = torch.randn(4, 2, dtype=F64)
+        ys = odeint(field, y0, [0.0, 1.0], n_steps=10, gradient=mode, **options)  # type: ignore[arg-type]
+        ys[-1].pow(2).sum().backward()
+        # The energy's output bias has no effect: backprop leaves it None, MALI zero.
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad
+                      for p in field.parameters()])  # fmt: skip
+    assert grads[1][0].abs().max() > 0.1
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _gradient_penalty(gradient: str, captured: bool) -> Tensor:
+    """``grad(W -> |grad_y solve(W)|^2)``: the field reads ``W`` one transform level up."""
+    torch.manual_seed(0)
+    w0, y0 = torch.randn(2, 2, dtype=F64), torch.randn(2, dtype=F64)
+
+    def outer(w: Tensor) -> Tensor:
+        def inner(y: Tensor, w_: Tensor) -> Tensor:
+            if captured:
+                f = lambda t, x: torch.tanh(x @ w)  # noqa: E731
+                ys = odeint(f, y, [0.0, 1.0], n_steps=5, gradient=gradient)
+            else:
+                f = lambda t, x, w__: torch.tanh(x @ w__)  # noqa: E731
+                ys = odeint(f, y, [0.0, 1.0], n_steps=5, gradient=gradient, args=(w_,))
+            return ys[-1].sum()
+
+        return torch.func.grad(inner)(y0, w).pow(2).sum()
+
+    return torch.func.grad(outer)(w0)
+
+
+@pytest.mark.parametrize("gradient", ["mali", "checkpoint", "backprop"])
+def test_a_capture_one_transform_level_up_is_refused(gradient: str) -> None:
+    with pytest.raises(TypeError, match=r"captured: 'w'"):
+        _gradient_penalty(gradient, captured=True)
+
+
+def test_the_same_penalty_through_args_equals_backprop() -> None:
+    torch.testing.assert_close(
+        _gradient_penalty("mali", captured=False),
+        _gradient_penalty("backprop", captured=False),
+        rtol=1e-10,
+        atol=1e-12,
+    )
