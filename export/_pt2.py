@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ._batch import observed_sizes, resized, second_batch, taken_sizes, trace_batches
+from ._counters import counters_held
 from ._errors import ExportError
 from ._trace import BATCH, _root_cause, inference_mode_of
 from ._validate import _args, _path, _rtol
@@ -116,7 +117,8 @@ def to_pt2(
             if sizes[0] != example[0].shape[0]:
                 traced = resized(example, sizes[0])
         try:
-            program = torch.export.export(model, traced, dynamic_shapes=shapes)
+            with counters_held(model, traced):  # self.nfe += 1 in a field: bookkeeping
+                program = torch.export.export(model, traced, dynamic_shapes=shapes)
         except Exception as err:
             root = _root_cause(err)
             raise ExportError(

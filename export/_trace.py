@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._counters import counters_held
 from ._errors import ExportError
 
 BATCH = "batch"
@@ -99,7 +100,7 @@ def export_file(
     """
     start = time.perf_counter()
     try:
-        with _quiet():
+        with _quiet(), counters_held(model, args):
             program = torch.onnx.export(
                 model,
                 args,

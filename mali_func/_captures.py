@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ._field import BoundField
-from ._mode import under_transform
+from ._mode import under_transform, under_vmap
 from ._module_state import first_call
 from .schemes import Field, Params, State
 
@@ -103,10 +103,13 @@ def _tracked_outside(x: Tensor) -> bool:
 
 
 def _reads_outer_capture(bound: BoundField, t0: Tensor, y0: State) -> bool:
-    """Under :mod:`torch.func` transforms: evaluate the field on its inputs stripped of every
-    wrapper; an output that a ``grad``/``vjp`` level still tracks read a tensor captured from an
+    """Under nested ``grad``/``vjp`` transforms: evaluate the field on its inputs stripped of
+    every wrapper; an output that an outer level still tracks read a tensor captured from an
     enclosing transform (``grad(W -> |grad_y solve(W)|^2)``), whose gradient at that level the
-    engine would drop. A captured per-sample tensor of a ``vmap`` is not tracked and passes."""
+    engine would drop. Not under ``vmap``, where stripping would drop the batch dimensions (a
+    capture there is not seen: README)."""
+    if under_vmap():
+        return False
 
     def bare(x: Tensor) -> Tensor:
         while torch._C._functorch.is_functorch_wrapped_tensor(x):

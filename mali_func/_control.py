@@ -160,7 +160,9 @@ def control(
             carry.stats.n_f_evals + active.long() * scheme.evaluations_per_step,
             carry.stats.n_accepted + ok.long(),
             carry.stats.n_rejected + (active & ~ok).long(),
-            carry.stats.failed | (active & ~ok & tiny) | blew_up,
+            # A proposal that is not finite and positive (checked_proposal made it NaN) ends
+            # the solve at once.
+            carry.stats.failed | (active & ~ok & tiny) | blew_up | (active & ~(h_next > 0)),
         )
         new_carry = Carry(
             state=state,

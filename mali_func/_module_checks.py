@@ -117,7 +117,7 @@ def _hidden_leaves(outputs: State, inputs: tuple[Tensor, ...]) -> list[Tensor]:
     # A leaf made from an input's own memory (``y.detach().requires_grad_()``, as Hamiltonian
     # fields do before differentiating their energy) carries no gradient of its own to lose:
     # backprop does not reach past it either.
-    storages = {x.untyped_storage().data_ptr() for x in inputs if x.layout == torch.strided}
+    aliases = {_alias(x) for x in inputs if x.layout == torch.strided}
     # An input computed in the graph is an edge: (its grad_fn, which of that node's outputs it
     # is); another output of the same node (a sibling from unbind or split) is not an input.
     stops = {(id(x.grad_fn), x.output_nr) for x in inputs if x.grad_fn is not None}
@@ -131,14 +131,18 @@ def _hidden_leaves(outputs: State, inputs: tuple[Tensor, ...]) -> list[Tensor]:
         seen.add(id(node))
         variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
         if isinstance(variable, Tensor):
-            own = variable.layout == torch.strided and (
-                variable.untyped_storage().data_ptr() in storages
-            )
+            own = variable.layout == torch.strided and _alias(variable) in aliases
             if id(variable) not in leaves and not own:
                 found.append(variable)
             continue
         stack.extend((n, i) for n, i in node.next_functions if n is not None)
     return found
+
+
+def _alias(x: Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Where ``x``'s elements are: the same for a detached alias of it, not for another view of
+    its base (``unbind``'s other outputs)."""
+    return x.data_ptr(), tuple(x.shape), tuple(x.stride())
 
 
 def _holders(module: nn.Module, leaf: Tensor) -> list[str]:

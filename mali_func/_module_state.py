@@ -34,8 +34,8 @@ def first_call(field: Field, t: Tensor, y: State, params: Params) -> State:
     its state, so a field never modifies ``y0``; one that modifies its input in place is refused
     (the same for every gradient: MALI's reverse would rebuild another state than the forward
     saw)."""
-    if torch.compiler.is_compiling():  # no version counters to read while dynamo traces
-        return field(t, y, params)
+    if torch.compiler.is_compiling() or any(x.is_inference() for x in y):
+        return field(t, y, params)  # no version counters (dynamo tracing, inference tensors)
     before = [x._version for x in y]
     out = field(t, y, params)
     if any(x._version != v for x, v in zip(y, before)):

@@ -255,3 +255,30 @@ def test_inference_example_names_a_corrupted_file(bad_files, kind) -> None:
     assert run.returncode == 2, run.stderr
     assert f"cannot load {path} as an ONNX model" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+class CountingField(torch.nn.Module):
+    """torchdiffeq's examples count evaluations in a plain attribute of the field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return torch.tanh(self.lin(y))
+
+
+def test_a_field_counting_its_calls_exports_and_keeps_counting(tmp_path) -> None:
+    import mali_func
+    from mali_func.export import to_onnx
+
+    field = CountingField()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), mali_func.ODEBlock(field, n_steps=4))
+    report = to_onnx(model, (torch.randn(2, 3),), tmp_path / "m.onnx")
+    assert report.max_rel_error < 1e-4
+    assert type(field) is CountingField  # its own class back
+    before = field.nfe
+    model(torch.randn(2, 3))
+    assert field.nfe == before + 6  # counting again: 4 steps, ALF's start, the end check
