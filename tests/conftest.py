@@ -49,7 +49,19 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+# Test tiers by file: ``make test-fast`` leaves these out (``-m "not slow and not compile"``).
+COMPILE_FILES = ("test_all_modes", "test_compile", "test_compile_adaptive",
+                 "test_compiled_transforms")  # fmt: skip
+SLOW_FILES = ("test_digits_example", "test_export_adaptive", "test_ddp", "test_opacus",
+              "test_export", "test_properties")  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the DDP test first: spawned gloo workers hung (one gone, one waiting) when started
-    after the compile tests in the same process, while they pass alone or first."""
-    items.sort(key=lambda item: "test_ddp.py" not in item.nodeid)
+    """Mark each test with its tier (``compile``: torch.compile and inductor; ``slow``: examples,
+    exports, subprocesses, property tests)."""
+    for item in items:
+        name = item.path.stem
+        if name in COMPILE_FILES or "compile" in item.name:
+            item.add_marker(pytest.mark.compile)
+        if name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

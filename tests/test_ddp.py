@@ -6,6 +6,8 @@ those of one process on the whole batch.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -68,7 +70,11 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # The workers start from a fresh interpreter: spawned from the test process after its
+    # compile tests, gloo's workers hung (one gone, one waiting); isolated they do not.
+    run = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
     model = make_model()
     x, y = batch()
     (model(x) - y).pow(2).mean().backward()
@@ -76,3 +82,8 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
         grads = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
         for g, p in zip(grads, model.parameters(), strict=True):
             torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    mp.spawn(worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
