@@ -34,9 +34,10 @@ class ForwardModeSolve(Solve):
         """Forward mode: the solve re-run under :func:`torch.func.jvp`, tangents carried along
         every step (memory constant in the steps, like the reverse pass)."""
         spec: Spec = ctx.spec
-        t, *saved = ctx.saved_tensors  # what save_for_forward kept
+        t, *saved = ctx.saved_tensors  # inputs, then the outputs (Solve.setup_context)
         n = saved.pop(0) if ctx.has_n else None
-        tensors, records = saved[: ctx.n_tensors], saved[ctx.n_tensors :]
+        tensors, outputs = saved[: ctx.n_tensors], saved[ctx.n_tensors :]
+        records = outputs[spec.n_state :] if spec.tol is not None else []
         _, t_dot, _, _, *dots = tangents
         count = None
         if spec.tol is not None:

@@ -126,10 +126,12 @@ class Solve(torch.autograd.Function):
             output = output[: len(output) - N_STATS]
         elif spec.n_keep():
             ctx.mark_non_differentiable(*output[spec.n_state :])
-        ctx.save_for_backward(t, *((n,) if n is not None else ()), *tensors, *output)
-        # Forward mode recomputes the solve from its inputs (and recorded steps): no trajectory.
-        records = () if spec.tol is None else output[spec.n_state :]
-        ctx.save_for_forward(t, *((n,) if n is not None else ()), *tensors, *records)
+        saved = (t, *((n,) if n is not None else ()), *tensors, *output)
+        ctx.save_for_backward(*saved)
+        # Forward mode recomputes the solve from its inputs (and recorded steps). It is given the
+        # same tensors: torch's generated vmap rule keeps one list of batch dims for both, and a
+        # different list broke vmap(solve) followed by .backward() ("flat_bdims must not be None").
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]

@@ -211,3 +211,26 @@ def test_the_same_penalty_through_args_equals_backprop() -> None:
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_steps": 3},
+        {"method": "tsit5", "rtol": 1e-6},
+        {"n_steps": 3, "method": "rk4", "coupling": None, "gradient": "checkpoint"},
+    ],
+    ids=["mali_fixed", "mali_adaptive", "checkpoint"],
+)
+def test_vmap_of_a_block_then_an_ordinary_backward_equals_a_loop(options: dict) -> None:
+    """``vmap(block)(x).sum().backward()`` crashed ("flat_bdims must not be None")."""
+    torch.manual_seed(0)
+    block = ODEBlock(Linear2().double(), **options)
+    x = torch.randn(4, 1, 2, dtype=F64)
+    torch.func.vmap(block)(x).sum().backward()
+    batched = [p.grad.clone() for p in block.parameters()]  # type: ignore[union-attr]
+    block.zero_grad()
+    for xi in x:
+        block(xi).sum().backward()
+    for a, b in zip(batched, block.parameters()):
+        torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)
