@@ -148,8 +148,9 @@ class Fallback:
     one :class:`FallbackWarning` and the flag ``stats.fallback`` (a 0-dim bool tensor of the
     solve's :class:`~mali_func.SolveStats`, set in place by the backward pass)."""
 
-    def __init__(self, flag: Tensor) -> None:
+    def __init__(self, flag: Tensor, traced: bool = False) -> None:
         self.flag = flag
+        self.traced = traced  # a compiled adaptive solve: torch.cond, no warning, no flag
 
     def report(self, error: Tensor, tol: float | None, what: str) -> None:
         seen = host_view(error)

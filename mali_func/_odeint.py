@@ -141,8 +141,9 @@ def odeint(
             of an adaptive solve), warns once with :class:`FallbackWarning` and sets
             ``stats.fallback``; under ``vmap`` only the failing samples take the recomputed
             gradient. ``False`` returns the raw MALI gradient and warns with
-            :class:`ReconstructionWarning` (for studying the reconstruction). Compiled solves do
-            not fall back (their :class:`DriftMonitor` reports the error).
+            :class:`ReconstructionWarning` (for studying the reconstruction). Compiled adaptive
+            solves fall back inside the graph (``torch.cond``; no warning or flag there);
+            compiled fixed-grid solves do not (their :class:`DriftMonitor` reports the error).
         rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
         max_steps: most trial steps of an adaptive solve (default 10,000).
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
@@ -194,6 +195,11 @@ def odeint(
         raise TypeError(f"fallback must be a bool, got {type(fallback).__name__}")
     flag = torch.zeros((), dtype=torch.bool, device=t.device)
     verified = fallback and gradient == "mali" and _mode.current() is _mode.Mode.EAGER
+    # Compiled adaptive solves fall back inside the graph (torch.cond); not under a traced
+    # transform, whose loops are Python loops.
+    traced = fallback and gradient == "mali" and _mode.current() is _mode.Mode.COMPILE
+    traced = traced and steps is None and not _mode.under_transform()
+    checked_by = Fallback(flag, traced=traced) if verified or traced else None
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
@@ -264,7 +270,7 @@ def odeint(
     with bound.frozen():  # one spectral-norm power iteration per solve: the first evaluation's
         trajectories, solve_stats, final = dispatch(
             _mode.current(), scheme, bound, t, start, len(state), steps, tol, gradient,
-            reconstruction_tol, probe, checkpoints, unroll, Fallback(flag) if verified else None,
+            reconstruction_tol, probe, checkpoints, unroll, checked_by,
         )  # fmt: skip
     if solve_stats is None:
         assert steps is not None

@@ -148,12 +148,57 @@ def test_one_loop_each_way_and_no_host_sync() -> None:
     y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64, requires_grad=True)
 
-    def loss(y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return odeint(field, y0, t, rtol=1e-4).pow(2).sum()
+    def loss(y0: torch.Tensor, t: torch.Tensor, fallback: bool) -> torch.Tensor:
+        return odeint(field, y0, t, rtol=1e-4, fallback=fallback).pow(2).sum()
 
-    torch.compile(loss, backend=backend, fullgraph=True)(y0, t).backward()
+    torch.compile(loss, backend=backend, fullgraph=True)(y0, t, False).backward()
     for graphs in (backend.fw_graphs, backend.bw_graphs):
         (graph,) = graphs
         code = graph.print_readable(print_output=False)
         assert code.count("torch.ops.higher_order.while_loop(") == 1
         assert "_local_scalar_dense" not in code
+    # With the verified gradient (the default) the backward adds one torch.cond, whose taken
+    # branch holds the checkpointed fallback's loops: still no host sync.
+    backend = AotEagerAndRecordGraphs()
+    torch.compile(loss, backend=backend, fullgraph=True)(y0, t, True).backward()
+    (graph,) = backend.bw_graphs
+    code = graph.print_readable(print_output=False)
+    assert code.count("torch.ops.higher_order.cond(") == 1
+    assert "_local_scalar_dense" not in code
+
+
+class CubicField(torch.nn.Module):
+    """torchdiffeq's gradient test field ``y**3 @ A``: float32 MALI reconstruction fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]]))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (y**3) @ self.a
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_a_compiled_adaptive_solve_falls_back_inside_the_graph() -> None:
+    """torch.cond on the reconstruction check: a failing compiled MALI backward returns the
+    compiled checkpointed gradient (the same computation), not the drifted one."""
+    field = CubicField()
+    t = torch.linspace(0, 25, 10)
+
+    def grads(**options: object) -> list[torch.Tensor]:
+        def loss(y: torch.Tensor) -> torch.Tensor:
+            ys = odeint(field, y, t, method="tsit5", max_steps=500, **options)  # type: ignore[arg-type]
+            return ys.pow(2).sum()
+
+        y0 = torch.tensor([[2.0, 0.0]], requires_grad=True)
+        field.zero_grad()
+        torch.compile(loss, fullgraph=True)(y0).backward()
+        assert y0.grad is not None and field.a.grad is not None
+        return [y0.grad.clone(), field.a.grad.clone()]
+
+    verified = grads()
+    exact = grads(gradient="checkpoint")
+    raw = grads(fallback=False)
+    for v, e, r in zip(verified, exact, raw):
+        torch.testing.assert_close(v, e, rtol=1e-6, atol=1e-6)
+        assert ((r - e).abs().max() / e.abs().max()).item() > 1e-3
