@@ -65,12 +65,7 @@ class ODEBlock(nn.Module):
         super().__init__()
         if not isinstance(field, nn.Module):
             raise TypeError(f"field must be an nn.Module, got {type(field).__name__}")
-        for name in ("t0", "t1"):
-            value = locals()[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if t0 == t1:
-            raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+        _check_span(t0, t1)
         unknown = set(odeint_options) - _ODEINT_OPTIONS
         if unknown:
             raise TypeError(
@@ -83,14 +78,11 @@ class ODEBlock(nn.Module):
                 f"{', '.join(adaptive)} configure adaptive steps, which {' and '.join(fixed)} "
                 "replace: give one or the other"
             )
-        grid, self._select = _grid(float(t0), float(t1), t_eval)
+        self.register_buffer("times", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self._set_grid(t0, t1, t_eval)
         self.field = field
-        self._t0, self._t1 = float(t0), float(t1)
-        self._t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
         self.options = dict(odeint_options)
-        _check_options(torch.tensor(grid, dtype=torch.float64), self.options)
-        self._grid = tuple(grid)
-        self.register_buffer("times", torch.tensor(grid, dtype=torch.float64), persistent=False)
+        _check_options(self.times, self.options)
 
     # The times are configuration, not weights: set them and the grid follows; a dtype cast of
     # the module (``model.bfloat16().float()``) does not round them.
@@ -119,20 +111,24 @@ class ODEBlock(nn.Module):
         self._retime(self._t0, self._t1, value)
 
     def _retime(self, t0: Any, t1: Any, t_eval: Sequence[float] | None) -> None:
-        for name, value in (("t0", t0), ("t1", t1)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if t0 == t1:
-            raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+        _check_span(t0, t1)
+        self._set_grid(t0, t1, t_eval)
+
+    def _set_grid(self, t0: float, t1: float, t_eval: Sequence[float] | None) -> None:
+        """The grid ``[t0, *t_eval, t1]`` (checked), the selection of the outputs and the
+        ``times`` buffer, in float64 on the buffer's device."""
         grid, select = _grid(float(t0), float(t1), t_eval)
         self._t0, self._t1, self._select, self._grid = float(t0), float(t1), select, tuple(grid)
         self._t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
-        self.times = torch.tensor(grid, dtype=torch.float64, device=self.times.device)
+        self._fill_times()
+
+    def _fill_times(self) -> None:
+        self.times = torch.tensor(self._grid, dtype=torch.float64, device=self.times.device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> ODEBlock:
         super()._apply(fn, recurse)
         if self.times.dtype != torch.float64:  # cast back, from the exact grid
-            self.times = torch.tensor(self._grid, dtype=torch.float64, device=self.times.device)
+            self._fill_times()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -188,6 +184,15 @@ _ODEINT_OPTIONS = {
     "reconstruction_tol",
     "fallback",
 }
+
+
+def _check_span(t0: Any, t1: Any) -> None:
+    """``t0`` and ``t1``: real numbers that differ."""
+    for name, value in (("t0", t0), ("t1", t1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if t0 == t1:
+        raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
 
 
 def _check_options(times: Tensor, options: dict[str, Any]) -> None:

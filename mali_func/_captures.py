@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ._field import BoundField
-from ._mode import under_transform, under_vmap
+from ._mode import host_view, tracing, under_transform, under_vmap
 from ._module_state import first_call
 from .schemes import Field, Params, State
 
@@ -85,7 +85,7 @@ def check_no_capture(bound: BoundField, t0: Tensor, y0: State) -> int:
         return 0
     if _reads_hidden(bound, t0, y0):
         raise _captured(bound.field)
-    if under_transform() and not torch.compiler.is_compiling():
+    if under_transform() and not tracing():
         if _reads_outer_capture(bound, t0, y0):
             raise _captured(bound.field)
         return 2
@@ -112,9 +112,9 @@ def _reads_outer_capture(bound: BoundField, t0: Tensor, y0: State) -> bool:
         return False
 
     def bare(x: Tensor) -> Tensor:
-        while torch._C._functorch.is_functorch_wrapped_tensor(x):
-            x = torch._C._functorch.get_unwrapped(x)
-        return x.detach()
+        plain = host_view(x)  # every wrapper removed (not None: not tracing here)
+        assert plain is not None
+        return plain.detach()
 
     ys = tuple(bare(y).clone() for y in y0)
     with torch.enable_grad(), bound.replaying():

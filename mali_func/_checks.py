@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._controllers import Controller, IntegralController, Tolerances
-from ._mode import is_concrete
+from ._mode import is_concrete, tracing
 from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 
 GRADIENTS = ("mali", "checkpoint", "backprop")
@@ -248,7 +248,7 @@ def check_adaptive(
             "order), such as mali_func.IntegralController(), got "
             f"{controller!r}"
         )
-    if torch.compiler.is_compiling():
+    if tracing():
         # A value that changed between compiled calls is a symbolic float, which while_loop's
         # carried closure does not take: traced solves read the tolerances as 0-dim tensors.
         r, a = torch.scalar_tensor(r), torch.scalar_tensor(a)  # type: ignore[assignment]

@@ -127,6 +127,12 @@ def warn_if_drifted(error: Tensor, tol: float | None) -> None:
         )
 
 
+def failed(error: Tensor, tol: float | None) -> Tensor:
+    """The per-sample failure mask of the check: ``error > tol``, or not finite (``tol=None``:
+    only a non-finite error fails)."""
+    return ~(error <= (math.inf if tol is None else tol))
+
+
 def check_reconstruction(error: Tensor, tol: float | None, fallback: bool) -> Tensor | None:
     """Whether a MALI backward needs its fallback: the per-sample failure mask (``error > tol``
     or non-finite), or ``None`` when every sample passed, while tracing, or when there is no
@@ -135,12 +141,9 @@ def check_reconstruction(error: Tensor, tol: float | None, fallback: bool) -> Te
         warn_if_drifted(error, tol)
         return None
     seen = host_view(error)
-    if seen is None:
+    if seen is None or not bool(failed(seen.detach(), tol).any()):
         return None
-    limit = math.inf if tol is None else tol
-    if bool((seen.detach() <= limit).all()):
-        return None
-    return ~(error <= limit)
+    return failed(error, tol)
 
 
 class Fallback:

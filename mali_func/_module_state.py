@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
 
+from ._mode import tracing
 from .schemes import Field, Params, State
 
 
@@ -34,7 +34,7 @@ def first_call(field: Field, t: Tensor, y: State, params: Params) -> State:
     its state, so a field never modifies ``y0``; one that modifies its input in place is refused
     (the same for every gradient: MALI's reverse would rebuild another state than the forward
     saw)."""
-    if torch.compiler.is_compiling() or any(x.is_inference() for x in y):
+    if tracing() or any(x.is_inference() for x in y):
         return field(t, y, params)  # no version counters (dynamo tracing, inference tensors)
     before = [x._version for x in y]
     out = field(t, y, params)

@@ -194,12 +194,7 @@ def odeint(
     if not isinstance(fallback, bool):
         raise TypeError(f"fallback must be a bool, got {type(fallback).__name__}")
     flag = torch.zeros((), dtype=torch.bool, device=t.device)
-    verified = fallback and gradient == "mali" and _mode.current() is _mode.Mode.EAGER
-    # Compiled adaptive solves fall back inside the graph (torch.cond); not under a traced
-    # transform, whose loops are Python loops.
-    traced = fallback and gradient == "mali" and _mode.current() is _mode.Mode.COMPILE
-    traced = traced and steps is None and not _mode.under_transform()
-    checked_by = Fallback(flag, traced=traced) if verified or traced else None
+    checked_by = _fallback(fallback and gradient == "mali", adaptive=steps is None, flag=flag)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
@@ -288,3 +283,17 @@ def odeint(
     solve_stats = solve_stats._replace(fallback=flag)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
+
+
+def _fallback(wanted: bool, *, adaptive: bool, flag: Tensor) -> Fallback | None:
+    """How a MALI backward falls back: eagerly (warning, ``flag``), inside a compiled adaptive
+    solve's graph (``torch.cond``; not under a traced transform, whose loops are Python loops),
+    or not at all (compiled fixed grids, export, other gradients)."""
+    mode = _mode.current()
+    if not wanted or mode is _mode.Mode.EXPORT:
+        return None
+    if mode is _mode.Mode.EAGER:
+        return Fallback(flag)
+    if adaptive and not _mode.under_transform():
+        return Fallback(flag, traced=True)
+    return None

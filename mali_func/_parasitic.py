@@ -68,7 +68,7 @@ def decoupling(pair: tuple[Tensor, Tensor], floor: float) -> Tensor:
     y, z = (x.detach() for x in pair)
     if y.numel() == 0:
         return y.new_zeros(())
-    size = y.flatten().norm() + z.flatten().norm() + floor * math.sqrt(max(y.numel(), 1))
+    size = y.flatten().norm() + z.flatten().norm() + floor * math.sqrt(y.numel())
     return (y - z).flatten().norm() / size.clamp_min(torch.finfo(size.dtype).tiny)
 
 

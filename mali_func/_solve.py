@@ -18,7 +18,6 @@ differentiates with :func:`torch.func.vjp` under transforms, so ``vmap(grad(...)
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch import Tensor
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
 from ._control import control
 from ._controllers import Tolerances
-from ._drift import Fallback, check_reconstruction, reconstruction_error
+from ._drift import Fallback, check_reconstruction, failed, reconstruction_error
 from ._flat import flatten, unaliased
 from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._loops import PYTHON, Loops
@@ -160,20 +159,22 @@ class Solve(torch.autograd.Function):
                 unroll=spec.unroll,
             )  # fmt: skip
         error = reconstruction_error(state, state0)
-        if spec.fallback is not None and spec.fallback.traced:
+        fallback = spec.fallback
+        if fallback is not None and fallback.traced:
             cot_m, acc, grad_t = _traced_fallback(
                 spec, grid, t, params, state0, cot, g_out, time_grad, error, (cot_m, acc, grad_t)
             )
-            return (None, grad_t, None, error if ctx.has_probe else None, *cot_m, *acc)
-        failed = check_reconstruction(error, spec.reconstruction_tol, spec.fallback is not None)
-        if failed is not None:
-            # The verified gradient: the reconstruction failed (for some samples, under vmap),
-            # so the exact gradient is recomputed from the forward's own grid by checkpointing.
-            assert spec.fallback is not None
-            ck = _fallback_checkpointer(spec, grid, t, params)
-            exact = _checkpointed(spec, ck, None, state0, cot, g_out, time_grad)
-            cot_m, acc, grad_t = _select_where(failed, exact, (cot_m, acc, grad_t))
-            spec.fallback.report(error, spec.reconstruction_tol, _describe(spec, t, grid))
+        else:
+            mask = check_reconstruction(error, spec.reconstruction_tol, fallback is not None)
+            if mask is not None:
+                # The verified gradient: the reconstruction failed (for some samples, under
+                # vmap), so the exact gradient is recomputed from the forward's own grid by
+                # checkpointing.
+                assert fallback is not None
+                ck = _fallback_checkpointer(spec, grid, t, params)
+                exact = _checkpointed(spec, ck, None, state0, cot, g_out, time_grad)
+                cot_m, acc, grad_t = _select_where(mask, exact, (cot_m, acc, grad_t))
+                fallback.report(error, spec.reconstruction_tol, _describe(spec, t, grid))
         return (None, grad_t, None, error if ctx.has_probe else None, *cot_m, *acc)
 
 
@@ -184,32 +185,24 @@ def _traced_fallback(
     """The fallback of a compiled adaptive solve: ``torch.cond`` on the check, the checkpointed
     backward over the recorded steps (planned for ``max_steps``) in its taken branch. The
     branches get no two operands that alias (``cot`` holds views of ``g_out``: copied)."""
-    limit = math.inf if spec.reconstruction_tol is None else spec.reconstruction_tol
-    failed = ~(error <= limit)
-    leaves, rebuild = flatten(raw)
     assert isinstance(grid, RecordedGrid) and spec.tol is not None
-    records, count = tuple(grid.records), grid.count
-    n_p, n_s, n_g, n_r = len(params), len(state0), len(g_out), len(records)
+    max_steps = spec.tol.max_steps
+    inputs = (t, params, state0, tuple(c.clone() for c in cot), tuple(g.clone() for g in g_out),
+              tuple(grid.records), grid.count)  # fmt: skip
+    operands, rebuild_inputs = flatten(inputs)
+    results, rebuild_results = flatten(raw)
 
     def exact(*ops: Tensor) -> tuple[Tensor, ...]:
-        t_, *rest = ops
-        p_ = tuple(rest[:n_p])
-        s_ = tuple(rest[n_p : n_p + n_s])
-        c_ = tuple(rest[n_p + n_s : n_p + 2 * n_s])
-        g_ = tuple(rest[n_p + 2 * n_s : n_p + 2 * n_s + n_g])
-        r_ = tuple(rest[n_p + 2 * n_s + n_g : n_p + 2 * n_s + n_g + n_r])
-        grid_ = RecordedGrid(t_, Records(*r_), rest[n_p + 2 * n_s + n_g + n_r])
-        ck = spec.checkpointer(grid_, p_, spec.tol.max_steps)  # type: ignore[union-attr]
+        t_, p_, s_, c_, g_, r_, count = rebuild_inputs(list(ops[: len(operands)]))
+        ck = spec.checkpointer(RecordedGrid(t_, Records(*r_), count), p_, max_steps)
         out = _checkpointed(spec, ck, None, s_, c_, g_, time_grad)
         return tuple(x.clone() for x in flatten(out)[0])
 
     def keep(*ops: Tensor) -> tuple[Tensor, ...]:
-        return tuple(x.clone() for x in ops[len(ops) - len(leaves) :])
+        return tuple(x.clone() for x in ops[len(operands) :])
 
-    ops = (t, *params, *state0, *(c.clone() for c in cot), *(g.clone() for g in g_out),
-           *records, count, *leaves)  # fmt: skip
-    chosen = torch.cond(failed, exact, keep, ops)
-    return rebuild(list(chosen))
+    chosen = torch.cond(failed(error, spec.reconstruction_tol), exact, keep, (*operands, *results))
+    return rebuild_results(list(chosen))
 
 
 def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...]

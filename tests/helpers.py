@@ -12,6 +12,15 @@ import torch
 from torch import Tensor, nn
 
 F64 = torch.float64
+
+REEVALUATING = [
+    ("mali", {}),
+    ("mali", {"method": "rk4"}),
+    ("checkpoint", {"method": "rk4", "coupling": None}),
+]
+"""``(gradient, options)`` whose backward evaluates the field again (MALI with ALF and with the
+coupled RK4, checkpointing the plain RK4 step): what a field with state or its own leaf must
+survive."""
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import F64
+from helpers import F64, REEVALUATING
 from torch import Tensor, nn
 
 from mali_func import ODEBlock, odeint
@@ -152,14 +152,7 @@ class Hamiltonian(nn.Module):
         return torch.stack([grad[..., 1], -grad[..., 0]], -1)
 
 
-@pytest.mark.parametrize(
-    ("gradient", "options"),
-    [
-        ("mali", {}),
-        ("mali", {"method": "rk4"}),
-        ("checkpoint", {"method": "rk4", "coupling": None}),
-    ],
-)
+@pytest.mark.parametrize(("gradient", "options"), REEVALUATING)
 def test_a_hamiltonian_field_with_its_own_leaf_gets_backprops_gradient(
     gradient: str, options: dict[str, object]
 ) -> None:

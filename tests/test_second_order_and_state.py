@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import F64
+from helpers import F64, REEVALUATING
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -116,14 +116,7 @@ def _vectors(module: Normalized) -> list[Tensor]:
 
 
 @pytest.mark.parametrize("old_style", [False, True])
-@pytest.mark.parametrize(
-    ("gradient", "options"),
-    [
-        ("mali", {}),
-        ("mali", {"method": "rk4"}),
-        ("checkpoint", {"method": "rk4", "coupling": None}),
-    ],
-)
+@pytest.mark.parametrize(("gradient", "options"), REEVALUATING)
 def test_spectral_norm_gets_backprops_gradient_and_buffers(
     gradient: str, options: dict[str, object], old_style: bool
 ) -> None:

@@ -34,15 +34,7 @@ import torch
 from torch import Tensor
 
 from .._mode import tracing
-from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State
-
-
-def _dot(a: State, b: State) -> Tensor:
-    """Sum of elementwise products over every component (a scalar per vmapped sample)."""
-    total = (a[0] * b[0]).sum()
-    for x, y in zip(a[1:], b[1:]):
-        total = total + (x * y).sum()
-    return total
+from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, dot
 
 
 def _largest(x: Tensor) -> Tensor:
@@ -193,5 +185,5 @@ class ALF(ReversibleScheme):
         a_h: Tensor | None = None
         if a_s is not None:
             a_t = a_s
-            a_h = (_dot(a_z_next, v_next) + _dot(a_k, v) + a_s) / 2
+            a_h = (dot(a_z_next, v_next) + dot(a_k, v) + a_s) / 2
         return (*z, *v), (*a_k, *a_v), a_t, a_h, a_params

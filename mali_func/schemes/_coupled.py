@@ -63,7 +63,16 @@ import torch
 from torch import Tensor
 
 from .._mode import tracing
-from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, add_optional
+from ._scheme import (
+    VJP,
+    Field,
+    Params,
+    Reverse,
+    ReversibleScheme,
+    State,
+    add_optional,
+    dot,
+)
 from ._tableau import ButcherTableau
 
 MIN_COUPLING = 0.5
@@ -77,11 +86,7 @@ POWER_ITERATIONS = 8
 
 
 def _norm(xs: State) -> Tensor:
-    return torch.sqrt(_dot(xs, xs))
-
-
-def _dot(a: State, b: State) -> Tensor:
-    return sum(((x * y).sum() for x, y in zip(a, b)), torch.zeros_like(a[0].sum()))
+    return torch.sqrt(dot(xs, xs))
 
 
 def contraction_rate(field: Field, t0: Tensor, y0: State, params: Params) -> Tensor:
@@ -119,7 +124,7 @@ def contraction_rate(field: Field, t0: Tensor, y0: State, params: Params) -> Ten
     v = start
     for _ in range(POWER_ITERATIONS):
         v = unit(tuple(a - rho * b for a, b in zip(jvp(v), v)))
-    return (-_dot(v, jvp(v))).clamp_min(0.0).detach()
+    return (-dot(v, jvp(v))).clamp_min(0.0).detach()
 
 
 class CoupledRK(ReversibleScheme):

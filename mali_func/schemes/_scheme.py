@@ -39,6 +39,14 @@ Reverse = tuple[State, State, "Tensor | None", "Tensor | None", tuple[Any, ...]]
 """``(previous state, its cotangent, d/dt, d/dh, cotangents of params)`` of one reversed step."""
 
 
+def dot(a: State, b: State) -> Tensor:
+    """Sum of elementwise products over every component (a scalar per vmapped sample)."""
+    total = (a[0] * b[0]).sum()
+    for x, y in zip(a[1:], b[1:]):
+        total = total + (x * y).sum()
+    return total
+
+
 def add_optional(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     """``a + b`` where ``None`` stands for zero (a cotangent that was not needed)."""
     if a is None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._scheme import Field, Params, State
+from ._scheme import Field, Params, State, dot
 
 
 @dataclass(frozen=True)
@@ -127,13 +127,6 @@ class ButcherTableau:
         return psi, _combine(self.b_error, ks, h), sigma
 
 
-def _dot(a: State, b: State) -> Tensor:
-    total = (a[0] * b[0]).sum()
-    for x, z in zip(a[1:], b[1:]):
-        total = total + (x * z).sum()
-    return total
-
-
 def stage_contraction(points: list[State], ks: list[State], c: tuple[float, ...]) -> Tensor:
     r"""The contraction rate the stages of one step see, out of the gradient:
 
@@ -160,8 +153,8 @@ def stage_contraction(points: list[State], ks: list[State], c: tuple[float, ...]
         for i in same or range(len(ks) - 1):
             dy = tuple((a - b).detach() for a, b in zip(points[i + 1], points[i]))
             dk = tuple((a - b).detach() for a, b in zip(ks[i + 1], ks[i]))
-            size = _dot(dy, dy)
-            quotient = -_dot(dk, dy) / size.clamp_min(torch.finfo(size.dtype).tiny)
+            size = dot(dy, dy)
+            quotient = -dot(dk, dy) / size.clamp_min(torch.finfo(size.dtype).tiny)
             quotient = torch.where(size > 0, quotient, torch.zeros_like(quotient))
             best = quotient if best is None else torch.minimum(best, quotient)
         assert best is not None
