@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from .._export_guard import strip
 from ._batch import observed_sizes, resized, second_batch, taken_sizes, trace_batches
 from ._counters import counters_held
 from ._errors import ExportError
@@ -119,6 +120,7 @@ def to_pt2(
         try:
             with counters_held(model, traced):  # self.nfe += 1 in a field: bookkeeping
                 program = torch.export.export(model, traced, dynamic_shapes=shapes)
+            program = strip(program)  # inference only: the adaptive solves' gradient guard goes
         except Exception as err:
             root = _root_cause(err)
             raise ExportError(

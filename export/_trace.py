@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._export_guard import forward_only
 from ._counters import counters_held
 from ._errors import ExportError
 
@@ -41,6 +42,16 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _identity(x: Any) -> Any:
+    from onnxscript import opset18 as op  # torch.onnx's own dependency
+
+    return op.Identity(x)
+
+
+# The gradient guard on adaptive solves' outputs (mali_func._export_guard) is an identity in ONNX.
+_TRANSLATIONS: dict[Any, Any] = {forward_only._opoverload: _identity}
 
 
 @contextlib.contextmanager
@@ -111,6 +122,7 @@ def export_file(
                 output_names=None if output_names is None else list(output_names),
                 verbose=False,
                 optimize=True,
+                custom_translation_table=_TRANSLATIONS,
             )
     except Exception as err:
         root = _root_cause(err)

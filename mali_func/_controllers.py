@@ -157,7 +157,9 @@ def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) 
         total = s if total is None else total + s
         count += e.numel()
     assert total is not None
-    return (total / max(count, 1)).sqrt()
+    # sym_max, not max: Python's max on a symbolic size picks one while non-strict export traces
+    # a while_loop body (the norm then divided by 1, not the element count).
+    return (total / torch.sym_max(count, 1)).sqrt()
 
 
 def initial_step(

@@ -22,9 +22,10 @@ from ._checkpoint import check_traced_plan
 from ._control import SolveStats, control
 from ._controllers import Tolerances
 from ._drift import Fallback
+from ._export_guard import guard
 from ._field import BoundField
 from ._forward_mode import solve
-from ._grid import RecordedGrid, Records, UniformGrid
+from ._grid import FlatGrid, RecordedGrid, Records, UniformGrid
 from ._loops import loops_for
 from ._passes import forward
 from ._solve import Spec
@@ -80,8 +81,14 @@ def dispatch(
         # Forward only: no gradient machinery (dynamo also fails to bind the Function then).
         if tol is not None:
             trajs, final, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
+            if mode is _mode.Mode.EXPORT:  # while_loop's autograd is wrong: no gradient at all
+                trajs = tuple(guard(x) for x in trajs)
             return trajs, stats, final
-        grid = UniformGrid(t, steps if n is None else n)
+        grid: UniformGrid | FlatGrid = UniformGrid(t, steps if n is None else n)
+        if mode is _mode.Mode.EXPORT and len(steps) > 1:
+            # One scan over all steps, not one per interval: nested scans trip torch 2.13's scan
+            # autograd (a program called with grad on) and AOTInductor's scan lowering.
+            grid = FlatGrid(t, tuple(steps))
         trajs, final, _ = forward(loops, scheme, field, grid, start, params, n_out, unroll=unroll)
         return trajs, None, final
     if gradient == "backprop" and loops is python:

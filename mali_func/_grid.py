@@ -239,7 +239,8 @@ class FlatGrid(Grid):
             t0, h = self.t[s], self.sizes[s]
             return StepInfo(s, t0 + k * h, h, lambda: (k / n, 1 / n), ends, None)
         sizes, starts, counts = self._tensors
-        i = (torch.searchsorted(starts, g.to(starts.dtype).reshape(1), right=True) - 1)[0]
+        # bisect_right - 1 as a count (ONNX has no searchsorted): the intervals started by step g
+        i = (starts <= g.to(starts.dtype)).sum() - 1
         h, n = take(sizes, i), take(counts, i)
         k = g.to(h.dtype) - take(starts, i)
         ends = (k == n - 1) & (i + 1 < self.m)

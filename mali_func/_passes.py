@@ -27,7 +27,7 @@ from torch import Tensor
 from ._checkpoint import Checkpointer
 from ._flat import take
 from ._grid import Grid
-from ._loops import PYTHON, Loops, PythonLoops, ScanLoops
+from ._loops import PYTHON, Loops, PythonLoops
 from .schemes import Field, Params, ReversibleScheme, State
 
 
@@ -75,14 +75,6 @@ def forward(
         outs = stepped if grid.step_outputs else outs
         return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
 
-    if isinstance(outer, ScanLoops) and not grid.step_outputs:
-        # Export: the outputs at t_1..t_M are the outer scan's own outputs (no buffer carried).
-        def collected(s: Any, x: State) -> tuple[State, State]:
-            x = segment(s, (x, None, None))[0]
-            return x, x[:n_out]
-
-        final, ys = outer.fori_collect(grid.segments, collected, state)
-        return tuple(torch.cat([y.unsqueeze(0), r]) for y, r in zip(y0, ys)), final, None
     outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
     rows0 = None if keep is None else keep.new_rows(state)
     final, outs, rows = outer.fori(grid.segments, segment, (state, outs0, rows0))

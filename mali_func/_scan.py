@@ -1,10 +1,15 @@
 """The export loop backend: :func:`torch._higher_order_ops.scan`, forward only.
 
-A fixed grid's steps become one ``scan`` over ``n`` rows of width 0, so the graph stores nothing
-per step and ONNX keeps one ``Scan`` node whose body is one step; the outputs at the output times
-can be the outer scan's own outputs (:meth:`ScanLoops.fori_collect`). The adaptive controller runs
-on ``while_loop`` as in compiled code (one ``Loop`` node, its trip count bounded by
+A fixed grid's steps become one ``scan`` over the step indices, so ONNX keeps one ``Scan`` node
+whose body is one step, and the graph stores nothing per step; the outputs at several output
+times ride in a carried buffer (a ``scan``'s own stacked outputs of a dynamic batch size cannot be
+lowered by AOTInductor in torch 2.13: ``KeyError`` on the batch symbol). The adaptive controller
+runs on ``while_loop`` as in compiled code (one ``Loop`` node, its trip count bounded by
 ``max_steps``).
+
+The step index is scanned over, not carried, and the body's output of its own (``scan`` needs
+one) is a floating row of width 0: ``scan``'s autograd mishandles integer carries and outputs, and
+a program exported in grad mode, or called with grad on, differentiates the scan.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops import scan
 
-from ._flat import Count, TracedWhile, counter, flatten, tensors_of, unaliased
+from ._flat import Count, TracedWhile, flatten, tensors_of, unaliased
 from ._mode import Mode
 
 
 class ScanLoops(TracedWhile):
-    """Export loops: ``scan`` over ``n`` rows of width 0 (the graph stores nothing per step);
+    """Export loops: ``scan`` over the step indices (the graph stores nothing per step);
     ``while_`` is the compiled backend's ``while_loop`` (one ONNX ``Loop`` node, its trip count
     bounded by ``max_steps``)."""
 
@@ -33,24 +38,16 @@ class ScanLoops(TracedWhile):
     ):  # fmt: skip
         if reverse:
             raise NotImplementedError("export traces the forward pass only")
-        return self.fori_collect(n, lambda j, c: (body(j, c), ()), carry)[0]
-
-    def fori_collect(
-        self, n: Count, body: Callable[[Any, Any], tuple[Any, tuple[Tensor, ...]]], carry: Any
-    ) -> tuple[Any, tuple[Tensor, ...]]:
-        """Like :meth:`fori` with a ``body`` returning ``(carry, ys)``; also returns every
-        iteration's ``ys`` stacked (``scan``'s own outputs: no buffer is carried)."""
         leaves, rebuild = flatten(carry)
         leaves = [x.contiguous() for x in leaves]  # body outputs are contiguous: so must init be
         like = leaves[0]
+        steps = torch.arange(int(n), dtype=torch.int64, device=like.device)
         rows = torch.empty((int(n), 0), dtype=like.dtype, device=like.device)
 
-        def step(c: tuple[Tensor, list[Tensor]], row: Tensor) -> tuple[Any, Any]:
-            j, xs = c
-            new, ys = body(j, rebuild(xs))
-            # scan's body needs at least one output of its own: the row (width 0) is one.
-            ys = [y.clone() for y in ys] or row.clone()
-            return (j + 1, unaliased(tensors_of(new), list(xs))), ys
+        def step(xs: list[Tensor], inputs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+            j, row = inputs
+            new = body(j, rebuild(xs))
+            return unaliased(tensors_of(new), list(xs)), row.clone()
 
-        (_, final), ys = scan(step, (counter(like), list(leaves)), rows)
-        return rebuild(final), tuple(ys) if isinstance(ys, list) else ()
+        final, _ = scan(step, list(leaves), [steps, rows])
+        return rebuild(final)

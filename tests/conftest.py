@@ -53,7 +53,8 @@ def fresh_dynamo():
 COMPILE_FILES = ("test_all_modes", "test_compile", "test_compile_adaptive",
                  "test_compiled_transforms")  # fmt: skip
 SLOW_FILES = ("test_digits_example", "test_export_adaptive", "test_ddp", "test_opacus",
-              "test_export", "test_properties")  # fmt: skip
+              "test_export", "test_properties", "test_exported_programs",
+              "test_property_families")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -153,10 +153,10 @@ def test_graph_does_not_grow_with_steps(exported) -> None:
     assert small.loops == large.loops == 1
     assert small.nodes == large.nodes and small.total_nodes == large.total_nodes
     assert large.file_bytes <= 1.2 * small.file_bytes
-    # Several output times still make one loop (an outer scan over the intervals), whose own
-    # outputs are the solution at the times: no output buffer, no more top-level nodes.
+    # Several output times still make one loop (one scan over all the steps), the solution at
+    # the times in a carried buffer: three more top-level nodes (12 against 9) to build it.
     assert exported["grid"][1].loops == 1
-    assert exported["grid"][1].nodes <= small.nodes
+    assert exported["grid"][1].nodes <= small.nodes + 3
 
 
 def _metadata_keys(graph: onnx.GraphProto) -> set[str]:
