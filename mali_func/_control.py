@@ -63,7 +63,8 @@ class SolveStats(NamedTuple):
     fallback: Tensor | None = None
     """Set (in place) by the backward pass of an eager MALI solve whose reconstruction check
     failed and whose gradient was therefore recomputed by checkpointing; ``False`` until then
-    (and always for other gradients and compiled solves, which do not fall back)."""
+    (and always for other gradients, and for compiled solves, which fall back inside the graph
+    without setting it)."""
     parasitic: Tensor | None = None
     """The size of the scheme's parasitic mode at the end of the solve against the solution's
     (:mod:`mali_func._parasitic`): the coupled pair's relative disagreement, or fixed-step ALF's

@@ -211,7 +211,8 @@ class RecordedGrid(Grid):
 class FlatGrid(Grid):
     """A :class:`UniformGrid`'s steps as one segment, step ``g`` counted across intervals (what
     checkpointed gradients index by); the output at ``t_{i+1}`` is recorded after the step that
-    ends interval ``i``."""
+    ends interval ``i``. ``counts`` are the steps of each interval, or one 0-dim integer tensor
+    for every interval (a compiled grid's count, which a new ``n_steps`` does not recompile)."""
 
     segments, static_segments = 1, True
 
@@ -219,8 +220,14 @@ class FlatGrid(Grid):
     def step_outputs(self) -> bool:  # type: ignore[override]
         return self.m > 1
 
-    def __init__(self, t: Tensor, counts: tuple[int, ...]) -> None:
+    def __init__(self, t: Tensor, counts: tuple[int, ...] | Tensor) -> None:
         self.t, self.m, self.counts = t, t.shape[0] - 1, counts
+        if isinstance(counts, Tensor):  # traced loops only: the tensors below are all they read
+            n = counts.to(t.dtype)
+            self.total: Count = counts * self.m
+            index = torch.arange(self.m, dtype=t.dtype, device=t.device)
+            self._tensors = ((t[1:] - t[:-1]) / n, index * n, n.expand(self.m))
+            return
         self.total = sum(counts)
         self.sizes = [(t[s + 1] - t[s]) / n for s, n in enumerate(counts)]
         self.starts = [sum(counts[:s]) for s in range(self.m)]

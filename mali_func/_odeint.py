@@ -43,6 +43,7 @@ from ._module_checks import (
 )
 from ._module_state import buffer_versions, check_buffers_kept, first_call
 from ._parasitic import parasitic
+from ._solve import FIXED_BOUND
 from ._traced_transforms import check_per_sample
 from .schemes import COUPLING_DEFAULT, Params, ReversibleScheme, State, scheme_for
 
@@ -141,9 +142,9 @@ def odeint(
             of an adaptive solve), warns once with :class:`FallbackWarning` and sets
             ``stats.fallback``; under ``vmap`` only the failing samples take the recomputed
             gradient. ``False`` returns the raw MALI gradient and warns with
-            :class:`ReconstructionWarning` (for studying the reconstruction). Compiled adaptive
-            solves fall back inside the graph (``torch.cond``; no warning or flag there);
-            compiled fixed-grid solves do not (their :class:`DriftMonitor` reports the error).
+            :class:`ReconstructionWarning` (for studying the reconstruction). Compiled solves
+            fall back inside the graph (``torch.cond``; no warning or flag there, a
+            :class:`DriftMonitor` reports the error), fixed grids up to 65,536 steps.
         rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
         max_steps: most trial steps of an adaptive solve (default 10,000).
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
@@ -194,7 +195,7 @@ def odeint(
     if not isinstance(fallback, bool):
         raise TypeError(f"fallback must be a bool, got {type(fallback).__name__}")
     flag = torch.zeros((), dtype=torch.bool, device=t.device)
-    checked_by = _fallback(fallback and gradient == "mali", adaptive=steps is None, flag=flag)
+    checked_by = _fallback(fallback and gradient == "mali", steps=steps, flag=flag)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     check_scheme(scheme, adaptive=steps is None, gradient=None)
 
@@ -285,15 +286,16 @@ def odeint(
     return (out, solve_stats) if stats else out
 
 
-def _fallback(wanted: bool, *, adaptive: bool, flag: Tensor) -> Fallback | None:
-    """How a MALI backward falls back: eagerly (warning, ``flag``), inside a compiled adaptive
-    solve's graph (``torch.cond``; not under a traced transform, whose loops are Python loops),
-    or not at all (compiled fixed grids, export, other gradients)."""
+def _fallback(wanted: bool, *, steps: list[int] | None, flag: Tensor) -> Fallback | None:
+    """How a MALI backward falls back: eagerly (warning, ``flag``), inside a compiled solve's
+    graph (``torch.cond``; not under a traced transform, whose loops are Python loops, nor for a
+    fixed grid of more than :data:`~mali_func._solve.FIXED_BOUND` steps), or not at all (export,
+    other gradients)."""
     mode = _mode.current()
     if not wanted or mode is _mode.Mode.EXPORT:
         return None
     if mode is _mode.Mode.EAGER:
         return Fallback(flag)
-    if adaptive and not _mode.under_transform():
-        return Fallback(flag, traced=True)
-    return None
+    if _mode.under_transform() or (steps is not None and sum(steps) > FIXED_BOUND):
+        return None
+    return Fallback(flag, traced=True)

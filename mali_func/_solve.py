@@ -37,6 +37,13 @@ from ._passes import forward, reverse
 from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
+FIXED_BOUND = 2**16
+"""Most steps of a compiled fixed grid with a tensor step count whose MALI gradient falls back:
+its checkpoint plan must be static, so it is made for this bound."""
+FIXED_BUDGET = 123
+"""States that plan keeps: three levels of 41 (two recording re-runs). Four levels of 16 would
+keep 64, but inductor then compiles the nested loops for minutes (measured: three levels add
+12 s to a first compiled call of 8 s, two levels 9 s)."""
 N_STATS = 4  # the SolveStats fields the Function returns (not fallback, parasitic)
 
 
@@ -58,10 +65,11 @@ class Spec:
     unroll: int = 1  # steps per iteration of a compiled loop (``odeint(unroll=)``)
     fallback: Fallback | None = None  # MALI: recompute by checkpointing when the check fails
 
-    def checkpointer(self, grid: Grid, params: Params, n_steps: int) -> Checkpointer:
-        return Checkpointer(
-            self.loops, self.scheme, self.field, grid, params, plan(n_steps, self.budget)
-        )
+    def checkpointer(
+        self, grid: Grid, params: Params, n_steps: int, budget: int | None = None
+    ) -> Checkpointer:
+        plan_ = plan(n_steps, self.budget if budget is None else budget)
+        return Checkpointer(self.loops, self.scheme, self.field, grid, params, plan_)
 
     def fixed(
         self, t: Tensor, n: Tensor | None, params: Params
@@ -162,8 +170,9 @@ class Solve(torch.autograd.Function):
         fallback = spec.fallback
         if fallback is not None and fallback.traced:
             cot_m, acc, grad_t = _traced_fallback(
-                spec, grid, t, params, state0, cot, g_out, time_grad, error, (cot_m, acc, grad_t)
-            )
+                spec, grid, t, n, params, state0, cot, g_out, time_grad, error,
+                (cot_m, acc, grad_t),
+            )  # fmt: skip
         else:
             mask = check_reconstruction(error, spec.reconstruction_tol, fallback is not None)
             if mask is not None:
@@ -179,22 +188,25 @@ class Solve(torch.autograd.Function):
 
 
 def _traced_fallback(
-    spec: Spec, grid: Grid, t: Tensor, params: Params, state0: State, cot: State,
-    g_out: State, time_grad: bool, error: Tensor, raw: Any,
+    spec: Spec, grid: Grid, t: Tensor, n: Tensor | None, params: Params, state0: State,
+    cot: State, g_out: State, time_grad: bool, error: Tensor, raw: Any,
 ) -> Any:  # fmt: skip
-    """The fallback of a compiled adaptive solve: ``torch.cond`` on the check, the checkpointed
-    backward over the recorded steps (planned for ``max_steps``) in its taken branch. The
-    branches get no two operands that alias (``cot`` holds views of ``g_out``: copied)."""
-    assert isinstance(grid, RecordedGrid) and spec.tol is not None
-    max_steps = spec.tol.max_steps
+    """The fallback of a compiled solve: ``torch.cond`` on the check, the checkpointed backward
+    over the forward's steps (:func:`_traced_checkpointer`) in its taken branch. The branches get
+    no two operands that alias (``cot`` holds views of ``g_out``: copied)."""
+    if spec.tol is not None:
+        assert isinstance(grid, RecordedGrid)
+        steps: tuple[Any, ...] = (tuple(grid.records), grid.count)
+    else:
+        steps = () if n is None else (n,)
     inputs = (t, params, state0, tuple(c.clone() for c in cot), tuple(g.clone() for g in g_out),
-              tuple(grid.records), grid.count)  # fmt: skip
+              steps)  # fmt: skip
     operands, rebuild_inputs = flatten(inputs)
     results, rebuild_results = flatten(raw)
 
     def exact(*ops: Tensor) -> tuple[Tensor, ...]:
-        t_, p_, s_, c_, g_, r_, count = rebuild_inputs(list(ops[: len(operands)]))
-        ck = spec.checkpointer(RecordedGrid(t_, Records(*r_), count), p_, max_steps)
+        t_, p_, s_, c_, g_, steps_ = rebuild_inputs(list(ops[: len(operands)]))
+        ck = _traced_checkpointer(spec, t_, p_, steps_)
         out = _checkpointed(spec, ck, None, s_, c_, g_, time_grad)
         return tuple(x.clone() for x in flatten(out)[0])
 
@@ -203,6 +215,21 @@ def _traced_fallback(
 
     chosen = torch.cond(failed(error, spec.reconstruction_tol), exact, keep, (*operands, *results))
     return rebuild_results(list(chosen))
+
+
+def _traced_checkpointer(spec: Spec, t: Tensor, params: Params, steps: Any) -> Checkpointer:
+    """The checkpointer of a compiled fallback: the recorded accepted steps (planned for
+    ``max_steps``), a fixed grid of static counts, or one of a tensor count (planned for
+    :data:`FIXED_BOUND` steps with :data:`FIXED_BUDGET` states: three levels of 41)."""
+    if spec.tol is not None:
+        records, count = steps
+        grid = RecordedGrid(t, Records(*records), count)
+        return spec.checkpointer(grid, params, spec.tol.max_steps)
+    if not steps:
+        assert spec.counts is not None
+        flat = FlatGrid(t, spec.counts)
+        return spec.checkpointer(flat, params, flat.total)
+    return spec.checkpointer(FlatGrid(t, steps[0]), params, FIXED_BOUND, FIXED_BUDGET)
 
 
 def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...]

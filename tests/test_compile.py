@@ -182,3 +182,40 @@ def test_unrolled_compiled_loops_equal_eager(n: int) -> None:
     compiled = torch.compile(unrolled, backend="aot_eager", fullgraph=True)
     ref = grads(loss_fn, field, y0, t, n, "mali")
     assert_close_all(grads(compiled, field, y0, t, n), ref, rtol=1e-5)
+
+
+class TwoRate(nn.Module):
+    """Decay rates 1 and 40: reversing 2 time units of it amplifies round-off by e^80, so the
+    MALI reconstruction of any step count fails (design.md, section 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor([-1.0, -40.0], dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y * self.k
+
+
+def test_a_compiled_fixed_grid_falls_back_inside_the_graph_at_any_step_count() -> None:
+    """The step count is a tensor (no recompile for a new one), the fallback's checkpoint plan is
+    made for a static bound: the compiled verified gradient equals backprop's at every count,
+    where the raw MALI gradient is off by orders of magnitude."""
+    field, t = TwoRate(), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+
+    def loss(y: torch.Tensor, n: int, **options: object) -> torch.Tensor:
+        return odeint(field, y, t, method="rk4", n_steps=n, **options).pow(2).sum()  # type: ignore[arg-type]
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss, backend=counter, fullgraph=True)
+    for n in (40, 100, 130):
+        results = []
+        for run, options in ((compiled, {}), (loss, {"gradient": "backprop"}),
+                             (loss, {"fallback": False})):  # fmt: skip
+            y0 = torch.tensor([[1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+            field.zero_grad()
+            run(y0, n, **options).backward()
+            results.append([y0.grad.clone(), field.k.grad.clone()])
+        verified, exact, raw = results
+        assert_close_all(verified, exact, rtol=1e-10)
+        assert max(((r - e).abs().max() / e.abs().max()).item() for r, e in zip(raw, exact)) > 1
+    assert counter.frame_count == 2
