@@ -10,7 +10,7 @@ the whole run by Opacus's RDP accountant, which also reports the epsilon actuall
 Two ways to get the per-sample gradients:
 
 * ``--engine opacus`` (default): Opacus's ``PrivacyEngine`` in its ``torch.func`` mode
-  (``grad_sample_mode="functorch"``); ``mali_func._privacy.prepare_for_opacus`` makes Opacus
+  (``grad_sample_mode="functorch"``); ``mali_func.interop._privacy.prepare_for_opacus`` makes Opacus
   treat the ``ODEBlock`` as one unit;
 * ``--engine vmap``: ``torch.func.vmap(torch.func.grad(loss))`` over the whole model, clipped
   and noised here, in fixed-size chunks (padding rows weigh 0) so the shapes stay static;

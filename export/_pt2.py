@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from .._export_guard import strip
+from ..backends._export_guard import strip
 from ._batch import observed_sizes, resized, second_batch, taken_sizes, trace_batches
 from ._counters import counters_held
 from ._errors import ExportError

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._export_guard import forward_only
+from ..backends._export_guard import forward_only
 from ._counters import counters_held
 from ._errors import ExportError
 
@@ -50,7 +50,8 @@ def _identity(x: Any) -> Any:
     return op.Identity(x)
 
 
-# The gradient guard on adaptive solves' outputs (mali_func._export_guard) is an identity in ONNX.
+# The gradient guard on adaptive solves' outputs (mali_func.backends._export_guard) is an identity
+# in ONNX.
 _TRANSLATIONS: dict[Any, Any] = {forward_only._opoverload: _identity}
 
 

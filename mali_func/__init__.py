@@ -7,18 +7,18 @@ constant in the number of steps and the gradient is that of the discrete forward
 """
 
 from ._blocks import ODEBlock
-from ._control import SolveStats
-from ._controllers import Controller, IntegralController
-from ._drift import (
+from ._odeint import odeint
+from .gradients._drift import (
     DriftMonitor,
     FallbackWarning,
     ReconstructionWarning,
 )
-from ._odeint import odeint
-from ._odeint_adjoint import odeint_adjoint
-from ._parasitic import CouplingWarning, ParasiticModeWarning
-from ._privacy import DPODEBlock, prepare_for_opacus
+from .interop._odeint_adjoint import odeint_adjoint
+from .interop._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
+from .stepping._control import SolveStats
+from .stepping._controllers import Controller, IntegralController
+from .stepping._parasitic import CouplingWarning, ParasiticModeWarning
 
 __all__ = [
     "ALF",

@@ -25,10 +25,10 @@ from ._checks import (
     check_unroll,
     steps_for,
 )
-from ._drift import DriftMonitor
-from ._mode import under_vmap
 from ._odeint import odeint
-from .schemes import scheme_for
+from .backends._mode import under_vmap
+from .gradients._drift import DriftMonitor
+from .schemes._methods import scheme_for
 
 
 class ODEBlock(nn.Module):

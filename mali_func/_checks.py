@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._controllers import Controller, IntegralController, Tolerances
-from ._mode import is_concrete, tracing
+from .backends._mode import is_concrete, tracing
 from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
+from .stepping._controllers import Controller, IntegralController, Tolerances
 
 GRADIENTS = ("mali", "checkpoint", "backprop")
 

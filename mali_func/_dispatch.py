@@ -2,14 +2,15 @@
 
 Given the checked inputs of :func:`mali_func.odeint`, :func:`dispatch` picks
 
-* the loop backend from the execution mode (:mod:`mali_func._mode`, :mod:`mali_func._loops`):
-  Python loops eagerly and under :mod:`torch.func` transforms (also traced ones, where torch 2.13
-  has no ``while_loop``: :mod:`mali_func._traced_transforms`), ``while_loop`` under
-  ``torch.compile``, ``scan`` under export;
+* the loop backend from the execution mode (:mod:`mali_func.backends._mode`,
+  :mod:`mali_func.backends._loops`): Python loops eagerly and under :mod:`torch.func` transforms
+  (also traced ones, where torch 2.13 has no ``while_loop``:
+  :mod:`mali_func.backends._traced_transforms`), ``while_loop`` under ``torch.compile``, ``scan``
+  under export;
 * the gradient path: forward only (export, or compiled without a gradient), plain autograd
   through the steps (``gradient="backprop"``; adaptive steps are chosen without a graph and then
-  replayed with one), or the :class:`mali_func._solve.Solve` function, whose backward is MALI's
-  reverse pass (Zhuang et al., ICLR 2021) or checkpointed recomputation.
+  replayed with one), or the :class:`mali_func.gradients._solve.Solve` function, whose backward is
+  MALI's reverse pass (Zhuang et al., ICLR 2021) or checkpointed recomputation.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _mode
-from ._checkpoint import check_traced_plan
-from ._control import SolveStats, control
-from ._controllers import Tolerances
-from ._drift import Fallback
-from ._export_guard import guard
-from ._field import BoundField
-from ._forward_mode import solve
-from ._grid import FlatGrid, RecordedGrid, Records, UniformGrid
-from ._loops import loops_for
-from ._passes import forward
-from ._solve import Spec
-from ._traced_transforms import check_traced_transform, vmap_traced_functions
+from .backends import _mode
+from .backends._export_guard import guard
+from .backends._loops import loops_for
+from .backends._traced_transforms import check_traced_transform, vmap_traced_functions
+from .field._field import BoundField
+from .gradients._checkpoint import check_traced_plan
+from .gradients._drift import Fallback
+from .gradients._forward_mode import solve
+from .gradients._passes import forward
+from .gradients._solve import Spec
 from .schemes import ReversibleScheme, State
+from .stepping._control import SolveStats, control
+from .stepping._controllers import Tolerances
+from .stepping._grid import FlatGrid, RecordedGrid, Records, UniformGrid
 
 
 def dispatch(
@@ -58,7 +59,7 @@ def dispatch(
     n: Tensor | None = None
     if mode is _mode.Mode.COMPILE and _mode.under_transform():
         # torch 2.13: no while_loop inside a traced transform; the steps are unrolled
-        # (mali_func._traced_transforms).
+        # (mali_func.backends._traced_transforms).
         check_traced_transform(adaptive=tol is not None, gradient=gradient)
         loops = python
         if _mode.under_vmap():

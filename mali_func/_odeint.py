@@ -17,8 +17,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from . import _mode
-from ._captures import check_no_capture, guard_captures
 from ._checks import (
     check_adaptive,
     check_options,
@@ -28,24 +26,27 @@ from ._checks import (
     check_unroll,
     check_y0,
 )
-from ._compat import translate
-from ._control import SolveStats
-from ._controllers import Controller
 from ._dispatch import dispatch
-from ._drift import DriftMonitor, Fallback, default_reconstruction_tol
-from ._field import autocast_field, bind_field, check_output, check_replayable
-from ._flat import unaliased
-from ._module_checks import (
+from .backends import _mode
+from .backends._flat import unaliased
+from .backends._traced_transforms import check_per_sample
+from .field._captures import check_no_capture, guard_captures
+from .field._field import autocast_field, bind_field, check_output, check_replayable
+from .field._module_checks import (
     check_module_attributes,
     check_module_detached,
     check_module_inputs,
     module_attributes,
 )
-from ._module_state import buffer_versions, check_buffers_kept, first_call
-from ._parasitic import parasitic
-from ._solve import FIXED_BOUND
-from ._traced_transforms import check_per_sample
-from .schemes import COUPLING_DEFAULT, Params, ReversibleScheme, State, scheme_for
+from .field._module_state import buffer_versions, check_buffers_kept, first_call
+from .gradients._drift import DriftMonitor, Fallback, default_reconstruction_tol
+from .gradients._solve import FIXED_BOUND
+from .interop._compat import translate
+from .schemes import Params, ReversibleScheme, State
+from .schemes._methods import COUPLING_DEFAULT, scheme_for
+from .stepping._control import SolveStats
+from .stepping._controllers import Controller
+from .stepping._parasitic import parasitic
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -117,10 +118,10 @@ def odeint(
             interval.
         step_size: alternatively, split each interval into ``ceil(|dt| / step_size)`` equal steps
             (needs the values of ``t``: eager code only). With neither, the steps are chosen
-            adaptively (see :mod:`mali_func._control`) and land on every ``t[i]``.
+            adaptively (see :mod:`mali_func.stepping._control`) and land on every ``t[i]``.
         gradient: ``"mali"`` (constant memory, exact gradient of the discrete solve; needs an
             inverse), ``"checkpoint"`` (the same exact gradient from at most ``checkpoints``
-            stored states and recomputation, any scheme: :mod:`mali_func._checkpoint`) or
+            stored states and recomputation, any scheme: :mod:`mali_func.gradients._checkpoint`) or
             ``"backprop"`` (autograd through every step, memory linear in the steps).
         checkpoints: the state budget of ``gradient="checkpoint"``, an int >= 1; by default
             ``2 ceil(sqrt(N))`` for ``N`` steps (one recomputation).
@@ -155,7 +156,7 @@ def odeint(
         stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected
             steps, failure flag).
         options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
-            adjoint_options: torchdiffeq's arguments (:mod:`mali_func._compat`): ``options``
+            adjoint_options: torchdiffeq's arguments (:mod:`mali_func.interop._compat`): ``options``
             keys ``step_size``, ``first_step``, ``max_num_steps``, and the controller's
             ``safety``, ``dfactor``, ``ifactor``; ``adjoint_params`` is checked
             and otherwise unneeded (every tensor the field receives is differentiated, also one
@@ -173,8 +174,8 @@ def odeint(
             checkpointing); the message names it and how to pass it.
         RuntimeError: an eager adaptive solve that exceeds ``max_steps``, whose step size
             underflows, or whose solution blows up closer to a singularity than ``rtol`` resolves
-            (:func:`mali_func._blowup.blow_up`); under ``vmap`` or ``torch.compile`` the outputs
-            are NaN instead and ``stats.failed`` is set.
+            (:func:`mali_func.stepping._blowup.blow_up`); under ``vmap`` or ``torch.compile`` the
+            outputs are NaN instead and ``stats.failed`` is set.
     """
     step_size, first_step, max_steps, controller = translate(
         method, options, n_steps=n_steps, step_size=step_size, first_step=first_step,
@@ -289,8 +290,8 @@ def odeint(
 def _fallback(wanted: bool, *, steps: list[int] | None, flag: Tensor) -> Fallback | None:
     """How a MALI backward falls back: eagerly (warning, ``flag``), inside a compiled solve's
     graph (``torch.cond``; not under a traced transform, whose loops are Python loops, nor for a
-    fixed grid of more than :data:`~mali_func._solve.FIXED_BOUND` steps), or not at all (export,
-    other gradients)."""
+    fixed grid of more than :data:`~mali_func.gradients._solve.FIXED_BOUND` steps), or not at all
+    (export, other gradients)."""
     mode = _mode.current()
     if not wanted or mode is _mode.Mode.EXPORT:
         return None

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from mali_func import ODEBlock, ReversibleScheme, RungeKutta, odeint
-from mali_func._checkpoint import default_budget, plan
+from mali_func.gradients._checkpoint import default_budget, plan
 from mali_func.schemes import TABLEAUS
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")

@@ -146,9 +146,9 @@ def test_the_vmap_rule_is_installed_by_a_traced_solve_not_by_import() -> None:
     import importlib
 
     importlib.reload(mali_func)
-    if not mali_func._traced_transforms._INSTALLED:  # no compiled transform ran yet here
+    if not mali_func.backends._traced_transforms._INSTALLED:  # no compiled transform ran yet here
         assert table[TransformType.Vmap] is before
     model = Model(n_steps=2)
     params, g = per_sample_grads(model)
     torch.compile(g, backend="aot_eager", fullgraph=True)(params, torch.randn(2, 3, dtype=F64))
-    assert mali_func._traced_transforms._INSTALLED
+    assert mali_func.backends._traced_transforms._INSTALLED

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 import mali_func
 from mali_func import ALF, odeint
-from mali_func._field import bind_field
-from mali_func._grid import UniformGrid
-from mali_func._loops import PythonLoops, ScanLoops
-from mali_func._passes import forward
+from mali_func.backends._loops import PythonLoops, ScanLoops
 from mali_func.export import ExportError, ExportReport, ParityError, to_onnx
+from mali_func.field._field import bind_field
+from mali_func.gradients._passes import forward
+from mali_func.stepping._grid import UniformGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._mode import tracing
+from ..backends._mode import tracing
 from ._scheme import VJP, Field, Params, Reverse, ReversibleScheme, State, dot
 
 

@@ -46,7 +46,7 @@ finite-difference Jacobian-vector products (:func:`contraction_rate`) as the sta
 No coupling beats the physics: reconstructing a solve whose fastest mode decays like
 :math:`e^{-r T}` amplifies round-off by about :math:`e^{r T}` (two decay rates 1 and 40 over
 ``T = 1``: 1e17). Such solves fail their reconstruction check and fall back to checkpointing
-(:mod:`mali_func._solve`).
+(:mod:`mali_func.gradients._solve`).
 
 The reverse pass evaluates each base increment once, under a VJP: the inverse's
 :math:`\Psi_{-h}(t + h, y')` and :math:`\Psi_h(t, z)` are exactly the forward step's, so their
@@ -62,7 +62,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._mode import tracing
+from ..backends._mode import tracing
 from ._scheme import (
     VJP,
     Field,

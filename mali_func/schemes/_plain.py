@@ -13,7 +13,7 @@ work of the reversible coupling (:class:`~mali_func.schemes.CoupledRK`) and the 
 stability region, but no inverse, so MALI cannot rebuild the trajectory backwards; the exact
 gradient comes from autograd through every step (``"backprop"``, memory linear in the steps) or
 from recomputation out of a bounded set of stored states (``"checkpoint"``,
-:mod:`mali_func._checkpoint`).
+:mod:`mali_func.gradients._checkpoint`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ differentiated in constant memory: keep only ``x_N``, and walk back, rebuilding 
 A memory efficient and reverse accurate integrator for Neural ODEs", ICLR 2021).
 
 Schemes are pure: no autograd calls in :meth:`step` or :meth:`inverse`, no loops over steps, no
-state kept between calls. The solver in :mod:`mali_func._solve` owns the loop.
+state kept between calls. The solver in :mod:`mali_func.gradients._solve` owns the loop.
 """
 
 from __future__ import annotations

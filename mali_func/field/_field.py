@@ -10,8 +10,8 @@ need a gradient for must enter as an explicit input:
 * a plain callable receives ``args`` as extra positional arguments.
 
 A tensor that does not enter this way is refused rather than silently given no gradient
-(:mod:`mali_func._captures`). Under ``torch.autocast`` the field runs in the autocast dtype and its
-output is cast back to the state's dtype (:func:`autocast_field`).
+(:mod:`mali_func.field._captures`). Under ``torch.autocast`` the field runs in the autocast dtype
+and its output is cast back to the state's dtype (:func:`autocast_field`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
+from ..schemes import Field, Params, State
 from ._module_state import power_iterations
-from .schemes import Field, Params, State
 
 
 def _as_state(out: Any, *, tuple_state: bool, n: int) -> State:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._mode import is_concrete
-from .schemes import VJP
+from ..backends._mode import is_concrete
+from ..schemes._scheme import VJP
 
 
 def _flatten(primals: tuple[Any, ...]) -> tuple[list[Tensor], list[int]]:

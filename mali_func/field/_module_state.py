@@ -9,13 +9,13 @@ Handled here:
 * spectral normalization in training mode (the parametrization and the older hook) advances its
   power iteration at every evaluation: a solve takes one power iteration, its first evaluation's,
   and holds that weight (:func:`power_iterations`, used by
-  :meth:`mali_func._field.BoundField.frozen`), so the forward, the backward's re-evaluations and
-  backprop see one computation and the ``_u``/``_v`` buffers end as backprop's do (Miyato et al.,
-  "Spectral normalization for generative adversarial networks", ICLR 2018, take one iteration
+  :meth:`mali_func.field._field.BoundField.frozen`), so the forward, the backward's re-evaluations
+  and backprop see one computation and the ``_u``/``_v`` buffers end as backprop's do (Miyato et
+  al., "Spectral normalization for generative adversarial networks", ICLR 2018, take one iteration
   per forward call too);
 * any other floating buffer the field changes in place is refused by name under MALI and
   checkpointing (:func:`check_buffers_kept`); batch-norm running statistics are handled by
-  :meth:`mali_func._field.BoundField.replaying`.
+  :meth:`mali_func.field._field.BoundField.replaying`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedBuffer
 
-from ._mode import tracing
-from .schemes import Field, Params, State
+from ..backends._mode import tracing
+from ..schemes import Field, Params, State
 
 
 def first_call(field: Field, t: Tensor, y: State, params: Params) -> State:

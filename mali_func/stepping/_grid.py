@@ -40,8 +40,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._flat import Count, Index, take
-from .schemes import State
+from ..backends._flat import Count, Index, take
+from ..schemes import State
 
 
 class StepInfo(NamedTuple):

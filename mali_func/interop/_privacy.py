@@ -31,7 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._blocks import ODEBlock
+from .._blocks import ODEBlock
 
 _SEP = "__"
 
@@ -92,7 +92,7 @@ class DPODEBlock(nn.Module):
 
     def _tracing_opacus(self) -> bool:
         """Inside Opacus's functorch per-sample pass the parameters are substituted copies."""
-        from ._mode import under_transform
+        from ..backends._mode import under_transform
 
         return under_transform()
 

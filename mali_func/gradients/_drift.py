@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ._mode import host_view, tracing
+from ..backends._mode import host_view, tracing
 
 
 class ReconstructionWarning(UserWarning):

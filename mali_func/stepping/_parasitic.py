@@ -29,9 +29,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._field import BoundField
-from ._mode import host_view
-from .schemes import ALF, CoupledRK, ReversibleScheme, State
+from ..backends._mode import host_view
+from ..field._field import BoundField
+from ..schemes import ALF, CoupledRK, ReversibleScheme, State
 
 
 class ParasiticModeWarning(UserWarning):

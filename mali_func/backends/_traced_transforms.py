@@ -1,7 +1,7 @@
 """Solves traced by ``torch.compile`` inside :mod:`torch.func` transforms (compiled per-sample
 gradients: ``torch.compile(vmap(grad(loss)), fullgraph=True)``, ``jacrev`` under compile).
 
-Eagerly, :class:`mali_func._solve.Solve` is a ``torch.func``-ready ``autograd.Function``
+Eagerly, :class:`mali_func.gradients._solve.Solve` is a ``torch.func``-ready ``autograd.Function``
 (``generate_vmap_rule``: the forward and the MALI backward run once per sample under ``vmap``).
 Traced by dynamo inside a transform, two torch 2.13 limits meet it (torch 2.13.0, CPU; both
 reproduced by ``tests/test_compiled_transforms.py`` without this module's measures):
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _mode
+from ..backends import _mode
 
 
 def check_per_sample(func: Any) -> None:

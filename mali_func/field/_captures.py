@@ -1,7 +1,8 @@
 """Refusing tensors a field reads but the gradient engine would not see.
 
-MALI's engine differentiates only the tensors passed to it (:mod:`mali_func._field`), so a tensor
-that requires grad and reaches the field another way would silently get no gradient. Two ways are
+MALI's engine differentiates only the tensors passed to it (:mod:`mali_func.field._field`), so a
+tensor that requires grad and reaches the field another way would silently get no gradient. Two
+ways are
 caught:
 
 * a plain callable that captures such a tensor (a closure or a global): at ``t0``
@@ -11,7 +12,7 @@ caught:
   capture;
 * under :mod:`torch.func` transforms, a tensor captured from an enclosing ``grad``: evaluated on
   inputs stripped of every wrapper, an output that an outer level still tracks read it;
-* module fields: :mod:`mali_func._module_checks`.
+* module fields: :mod:`mali_func.field._module_checks`.
 
 Nothing is checked under ``no_grad``/``inference_mode``, where no gradient is asked for.
 """
@@ -23,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..backends._mode import host_view, tracing, under_transform, under_vmap
+from ..schemes import Field, Params, State
 from ._field import BoundField
-from ._mode import host_view, tracing, under_transform, under_vmap
 from ._module_state import first_call
-from .schemes import Field, Params, State
 
 
 def _needs_grad(value: Any) -> bool:

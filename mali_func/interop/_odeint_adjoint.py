@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ._odeint import TensorOrTuple, odeint
-from .schemes import TABLEAUS
+from .._odeint import TensorOrTuple, odeint
+from ..schemes import TABLEAUS
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
 

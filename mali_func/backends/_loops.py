@@ -8,7 +8,7 @@ Two primitives cover every loop of a solve:
   ``(carry, entry, keep)``; the entries with ``keep`` set are collected in order (the records of
   the accepted steps) and returned with their count.
 
-Backends (chosen per call by :mod:`mali_func._mode`):
+Backends (chosen per call by :mod:`mali_func.backends._mode`):
 
 * :class:`PythonLoops` (eager, and :mod:`torch.func` transforms): Python loops over Python ints, no
   flattening, nothing added per step. The controller reads one stop flag on the host every few
@@ -16,10 +16,10 @@ Backends (chosen per call by :mod:`mali_func._mode`):
 * :class:`WhileLoops` (``torch.compile``): :func:`torch._higher_order_ops.while_loop` over flat
   carries, so compile time does not depend on the number of steps. It holds the torch 2.13
   workarounds (below).
-* :class:`~mali_func._scan.ScanLoops` (export): :func:`torch._higher_order_ops.scan`, forward only;
-  ONNX keeps it as one ``Scan`` node whose body is one step.
+* :class:`~mali_func.backends._scan.ScanLoops` (export): :func:`torch._higher_order_ops.scan`,
+  forward only; ONNX keeps it as one ``Scan`` node whose body is one step.
 
-The flat carries both traced backends need live in :mod:`mali_func._flat`.
+The flat carries both traced backends need live in :mod:`mali_func.backends._flat`.
 
 Torch 2.13 workarounds in :class:`WhileLoops` (CPU inductor), both reproduced by the
 compiled-vs-eager gradient tests:
@@ -46,6 +46,9 @@ from torch import Tensor
 from torch._higher_order_ops import while_loop
 from torch.utils._pytree import tree_map
 
+from ..gradients._vjp import choose_vjp
+from ..schemes import Params
+from ..schemes._scheme import VJP, add_optional
 from ._flat import (
     Cond,
     Count,
@@ -58,9 +61,6 @@ from ._flat import (
 )
 from ._mode import Mode, host_view, is_concrete
 from ._scan import ScanLoops
-from ._vjp import choose_vjp
-from .schemes import VJP, Params
-from .schemes._scheme import add_optional
 
 
 def _host_any(flag: Tensor) -> bool:

@@ -2,21 +2,21 @@
 
 Each trial takes a step with the scheme's error estimate (:meth:`ReversibleScheme.step_with_error`),
 measures it with the mixed RMS norm and lets the solve's controller accept or reject it and
-propose the next size (:mod:`mali_func._controllers`). A step shortened to land on an output time
-keeps the proposal it was cut from for the step after it, so an output time costs at most the one
-step it splits in two, and a proposal less than 10% short of an output time is stretched to land
-on it (no sliver step).
+propose the next size (:mod:`mali_func.stepping._controllers`). A step shortened to land on an
+output time keeps the proposal it was cut from for the step after it, so an output time costs at
+most the one step it splits in two, and a proposal less than 10% short of an output time is
+stretched to land on it (no sliver step).
 
 A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
 the time (underflow; a non-finite trial has a NaN error and is rejected until then), or when the
 solution blows up closer to a singularity than ``rtol`` resolves
-(:func:`mali_func._blowup.blow_up`).
+(:func:`mali_func.stepping._blowup.blow_up`).
 
 The trial step is branch-free: each trial is committed with ``torch.where``, so the same code runs
 per sample under ``torch.func.vmap`` (each sample's norm, steps and termination are its own) and
 inside a ``while_loop``. Each trial yields a record ``(i, c, theta, accepted, ends)``
-(:class:`mali_func._grid.Records`); the loop backend keeps the accepted ones (all of them under
-``vmap``, where each sample's backward skips its own rejected trials).
+(:class:`mali_func.stepping._grid.Records`); the loop backend keeps the accepted ones (all of them
+under ``vmap``, where each sample's backward skips its own rejected trials).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..backends._loops import Loops
+from ..backends._mode import is_concrete
+from ..schemes import ALF, Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
 from ._controllers import Tolerances, checked_proposal, initial_step, rms_norm
 from ._grid import Records, buffers, span, write_row
-from ._loops import Loops
-from ._mode import is_concrete
-from .schemes import ALF, Field, Params, ReversibleScheme, State
 
 STRETCH = 1.1
 """A step within this factor of the next output time is stretched to land on it."""
@@ -51,7 +51,7 @@ class SolveStats(NamedTuple):
     sample's own): the same count in every mode. Not counted: the backward pass, the replay of
     the accepted steps with autograd by an eager ``gradient="backprop"`` adaptive solve, and the
     trials an eager solve runs past its end before it reads its stop flag
-    (:meth:`mali_func._loops.PythonLoops.while_`).
+    (:meth:`mali_func.backends._loops.PythonLoops.while_`).
 
     ``fallback`` and ``parasitic`` report on the gradient's and the solution's trustworthiness.
     """
@@ -67,8 +67,8 @@ class SolveStats(NamedTuple):
     without setting it)."""
     parasitic: Tensor | None = None
     """The size of the scheme's parasitic mode at the end of the solve against the solution's
-    (:mod:`mali_func._parasitic`): the coupled pair's relative disagreement, or fixed-step ALF's
-    velocity mismatch; 0 where nothing is measured (other schemes, adaptive ALF, whose error
+    (:mod:`mali_func.stepping._parasitic`): the coupled pair's relative disagreement, or fixed-step
+    ALF's velocity mismatch; 0 where nothing is measured (other schemes, adaptive ALF, whose error
     estimate holds it to the tolerances); not measured under export (``None``)."""
 
 

@@ -1,8 +1,8 @@
 """Refusing tensors a module field reads but the gradient engine would not see.
 
-The module half of :mod:`mali_func._captures`: an :class:`torch.nn.Module` attribute that requires
-grad but is neither a parameter nor a buffer (``self.c = encoder(x)``), found by reading Python
-attributes and ``requires_grad`` flags only (:func:`check_module_attributes`, so it also runs
+The module half of :mod:`mali_func.field._captures`: an :class:`torch.nn.Module` attribute that
+requires grad but is neither a parameter nor a buffer (``self.c = encoder(x)``), found by reading
+Python attributes and ``requires_grad`` flags only (:func:`check_module_attributes`, so it also runs
 while ``torch.compile`` traces); and any other tensor a module's output depends on that requires
 grad and is none of the solve's inputs (a global tensor, a layer kept in a plain list), found in
 the autograd graph of its first evaluation in eager code (:func:`check_module_inputs`) or by one
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..schemes import State
 from ._captures import _captured_names, _reads_hidden
 from ._field import BoundField
-from .schemes import State
 
 # What every nn.Module keeps in its ``__dict__`` (registries, hooks, flags): not user tensors.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))

@@ -27,9 +27,9 @@ backprop's work plus one forward pass.
 least that keeps ``L = 2`` (measured in benchmarks/checkpoint.py); a fixed budget keeps memory
 constant in ``N`` and adds a level (one more re-run) each time ``N`` passes ``m^L``.
 
-All loops are the backends' ``fori`` (:mod:`mali_func._loops`), so the same code runs eagerly,
-under :mod:`torch.func` transforms and inside ``torch.compile`` (nested ``while_loop`` s, one per
-level: compile time does not depend on ``N``).
+All loops are the backends' ``fori`` (:mod:`mali_func.backends._loops`), so the same code runs
+eagerly, under :mod:`torch.func` transforms and inside ``torch.compile`` (nested ``while_loop`` s,
+one per level: compile time does not depend on ``N``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._flat import Count, take
-from ._grid import Grid, buffers, write_row
-from ._loops import Loops, PythonLoops
-from .schemes import Field, Params, ReversibleScheme, State
-from .schemes._scheme import pull_back
+from ..backends._flat import Count, take
+from ..backends._loops import Loops, PythonLoops
+from ..schemes import Field, Params, ReversibleScheme, State
+from ..schemes._scheme import pull_back
+from ..stepping._grid import Grid, buffers, write_row
 
 
 def default_budget(n_steps: int) -> int:

@@ -1,13 +1,13 @@
 """The autograd.Function of a solve: MALI's backward (or checkpointing) behind one ``apply``.
 
-:class:`Solve` runs the forward pass (:func:`mali_func._passes.forward`, or the adaptive
-controller, :func:`mali_func._control.control`) without a graph and keeps only the inputs, the
-outputs and, adaptively, the records of the accepted steps. Its backward walks the same steps
-back: by inverting them (:func:`mali_func._passes.reverse`: MALI, Zhuang, Dvornek, Tatikonda &
-Duncan, "MALI: A memory efficient and reverse accurate integrator for Neural ODEs", ICLR 2021),
-which gives the exact gradient of the discrete forward computation up to the round-off of the
-reconstruction, measured against the kept initial state (:mod:`mali_func._drift`); or, for
-``gradient="checkpoint"``, from stored states (:mod:`mali_func._checkpoint`).
+:class:`Solve` runs the forward pass (:func:`mali_func.gradients._passes.forward`, or the adaptive
+controller, :func:`mali_func.stepping._control.control`) without a graph and keeps only the inputs,
+the outputs and, adaptively, the records of the accepted steps. Its backward walks the same steps
+back: by inverting them (:func:`mali_func.gradients._passes.reverse`: MALI, Zhuang, Dvornek,
+Tatikonda & Duncan, "MALI: A memory efficient and reverse accurate integrator for Neural ODEs",
+ICLR 2021), which gives the exact gradient of the discrete forward computation up to the round-off
+of the reconstruction, measured against the kept initial state (:mod:`mali_func.gradients._drift`);
+or, for ``gradient="checkpoint"``, from stored states (:mod:`mali_func.gradients._checkpoint`).
 
 It is written for :mod:`torch.func`: ``forward`` takes no ctx, ``setup_context`` saves only
 inputs and outputs, ``generate_vmap_rule`` lets ``vmap`` batch it, and the backward
@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..backends._flat import flatten, unaliased
+from ..backends._loops import PYTHON, Loops
+from ..schemes import Field, Params, ReversibleScheme, State
+from ..stepping._control import control
+from ..stepping._controllers import Tolerances
+from ..stepping._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
-from ._control import control
-from ._controllers import Tolerances
 from ._drift import Fallback, check_reconstruction, failed, reconstruction_error
-from ._flat import flatten, unaliased
-from ._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
-from ._loops import PYTHON, Loops
 from ._passes import forward, reverse
-from .schemes import Field, Params, ReversibleScheme, State
 
 N_RECORDS = len(Records._fields)
 FIXED_BOUND = 2**16

@@ -1,10 +1,11 @@
 """Forward-mode differentiation of a solve, and the entry point that picks the Function.
 
-:class:`ForwardModeSolve` adds a ``jvp`` rule to :class:`mali_func._solve.Solve`: the solve is
-re-run with tangents carried through every step (memory constant in the steps, like the reverse
-pass), with :func:`torch.func.jvp` under transforms and ``torch.autograd.forward_ad`` eagerly.
-Dynamo refuses an ``autograd.Function`` with a custom ``jvp`` in torch 2.13, so traced solves use
-:class:`~mali_func._solve.Solve`, which has none.
+:class:`ForwardModeSolve` adds a ``jvp`` rule to :class:`mali_func.gradients._solve.Solve`: the
+solve is re-run with tangents carried through every step (memory constant in the steps, like the
+reverse pass), with :func:`torch.func.jvp` under transforms and ``torch.autograd.forward_ad``
+eagerly. Dynamo refuses an ``autograd.Function`` with a custom ``jvp`` in torch 2.13, so traced
+solves use
+:class:`~mali_func.gradients._solve.Solve`, which has none.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from ._control import SolveStats
-from ._grid import Grid, RecordedGrid, Records, UniformGrid
-from ._loops import PYTHON
-from ._mode import tracing, under_transform
+from ..backends._loops import PYTHON
+from ..backends._mode import tracing, under_transform
+from ..schemes import Params, State
+from ..stepping._control import SolveStats
+from ..stepping._grid import Grid, RecordedGrid, Records, UniformGrid
 from ._passes import forward
 from ._solve import N_RECORDS, N_STATS, Solve, Spec
-from .schemes import Params, State
 
 
 class ForwardModeSolve(Solve):

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .schemes import Field, Params, State
+from ..schemes import Field, Params, State
 
 
 @runtime_checkable
@@ -99,7 +99,7 @@ def checked_proposal(
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """A controller's ``(accept, h_next, memory)`` checked for its types and shapes (no host
     read: every mode); a step that is not finite and positive is turned into NaN, which fails
-    the solve with a message naming the controller (:func:`mali_func._control.control`)."""
+    the solve with a message naming the controller (:func:`mali_func.stepping._control.control`)."""
     name = type(controller).__name__
     if not isinstance(proposal, tuple) or len(proposal) != 3:
         raise TypeError(

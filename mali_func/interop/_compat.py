@@ -30,8 +30,8 @@ from typing import Any
 
 from torch import Tensor
 
-from . import schemes
-from ._controllers import Controller, IntegralController
+from .. import schemes
+from ..stepping._controllers import Controller, IntegralController
 
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps")
 """The torchdiffeq ``options`` keys that have a meaning here, besides the controller's."""

@@ -1,10 +1,11 @@
 """The forward and reverse passes of a solve, written once against the loop primitives.
 
 Given a reversible scheme ``Phi`` (:class:`mali_func.schemes.ReversibleScheme`) and a time grid
-(:mod:`mali_func._grid`), :func:`forward` applies ``Phi`` at every step and records the solution at
-every output time; it stores nothing per step. :func:`reverse` starts from the final state,
-rebuilds each previous state with the scheme's inverse and pulls the cotangent back through the
-step at the rebuilt point (MALI: Zhuang, Dvornek, Tatikonda & Duncan, "MALI: A memory efficient and
+(:mod:`mali_func.stepping._grid`), :func:`forward` applies ``Phi`` at every step and records the
+solution at every output time; it stores nothing per step. :func:`reverse` starts from the final
+state, rebuilds each previous state with the scheme's inverse and pulls the cotangent back through
+the step at the rebuilt point (MALI: Zhuang, Dvornek, Tatikonda & Duncan, "MALI: A memory efficient
+and
 reverse accurate integrator for Neural ODEs", ICLR 2021):
 
     x_{k} = Phi_{h_k}^{-1}(x_{k+1}),   a_k = (dPhi_{h_k}/dx)^T a_{k+1},
@@ -13,7 +14,7 @@ reverse accurate integrator for Neural ODEs", ICLR 2021):
 with the cotangent of each output added where the forward pass recorded it and the cotangents of
 each step's ``(t_k, h_k)`` chained to ``t`` by the grid. Grids walked in segments (one interval
 each) run an outer loop over the segments and an inner one over their steps; both are the
-backend's ``fori`` (:mod:`mali_func._loops`), so the same code runs eagerly, inside
+backend's ``fori`` (:mod:`mali_func.backends._loops`), so the same code runs eagerly, inside
 ``torch.compile`` (``while_loop``) and under export (``scan``).
 """
 
@@ -24,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..backends._flat import take
+from ..backends._loops import PYTHON, Loops, PythonLoops
+from ..schemes import Field, Params, ReversibleScheme, State
+from ..stepping._grid import Grid
 from ._checkpoint import Checkpointer
-from ._flat import take
-from ._grid import Grid
-from ._loops import PYTHON, Loops, PythonLoops
-from .schemes import Field, Params, ReversibleScheme, State
 
 
 def _outer(loops: Loops, grid: Grid) -> Loops:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .schemes import State
+from ..schemes import State
 
 
 def log_norm(y: State) -> Tensor:

@@ -1,7 +1,7 @@
 """The one place that asks which execution mode a solve runs in.
 
 A solve runs in one of three modes, and each has its own loop primitive
-(:mod:`mali_func._loops`):
+(:mod:`mali_func.backends._loops`):
 
 * **eager** (also under :mod:`torch.func` transforms, which run Python code): plain Python loops;
 * **compile** (traced by ``torch.compile``): ``while_loop``, so the graph does not grow with the
