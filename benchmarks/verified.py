@@ -86,7 +86,7 @@ def fallback_rates(quick: bool) -> list[list[object]]:
             for kw in settings:
                 mlp.to(dtype)
                 torch.manual_seed(1)
-                y0 = (torch.randn(shape) if "y**3" not in name else torch.tensor([[2.0, 0.0]]))
+                y0 = torch.randn(shape) if "y**3" not in name else torch.tensor([[2.0, 0.0]])
                 y0 = y0.to(dtype).requires_grad_()
                 p = params[name].to(dtype)
                 monitor = DriftMonitor(dtype=dtype)
