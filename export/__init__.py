@@ -14,9 +14,9 @@ Command line: ``python -m mali_func.export --help``. Importing this package impo
 :class:`ImportError` naming the extra (``pip install 'mali-func[onnx]'``).
 """
 
-from ..export._pt2 import Pt2Report, load_pt2, to_pt2
 from ._api import to_onnx
 from ._errors import ExportError, ParityError
+from ._pt2 import Pt2Report, load_pt2, to_pt2
 from ._report import ExportReport
 
 __all__ = [

@@ -61,7 +61,8 @@ def to_onnx(
             output as ``max |ort - torch| / max |torch|``.
         check: run ``onnx.checker.check_model(full_check=True)`` and compare onnxruntime with
             torch on ``args`` (and, with a dynamic batch, at a second batch size).
-        input_names, output_names: names for the graph's inputs and outputs.
+        input_names: names for the graph's inputs.
+        output_names: names for the graph's outputs.
 
     Returns:
         An :class:`ExportReport` with the file size, node counts, export time and errors.

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..export._pt2 import to_pt2
 from ._api import to_onnx
 from ._batch import resized, second_batch
 from ._errors import ExportError
+from ._pt2 import to_pt2
 from ._trace import inference_mode_of
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -36,7 +36,8 @@ class ODEBlock(nn.Module):
 
     Args:
         field: the vector field, an ``nn.Module`` called as ``field(t, x)`` with a 0-dim ``t``.
-        t0, t1: the time span; ``t1 < t0`` integrates backwards.
+        t0: the start of the time span.
+        t1: its end; ``t1 < t0`` integrates backwards.
         t_eval: optional output times strictly between ``t0`` and ``t1`` or equal to them; the
             block then returns the states at those times stacked along a new first axis
             (``(len(t_eval), *x.shape)``) instead of the state at ``t1``.

@@ -146,7 +146,8 @@ def odeint(
             :class:`ReconstructionWarning` (for studying the reconstruction). Compiled solves
             fall back inside the graph (``torch.cond``; no warning or flag there, a
             :class:`DriftMonitor` reports the error), fixed grids up to 65,536 steps.
-        rtol, atol: adaptive error tolerances (default 1e-3 and 1e-6), mixed RMS norm.
+        rtol: relative adaptive error tolerance (default 1e-3), mixed RMS norm.
+        atol: absolute adaptive error tolerance (default 1e-6).
         max_steps: most trial steps of an adaptive solve (default 10,000).
         first_step: the first adaptive step size; by default the Hairer-Wanner estimate.
         controller: what accepts adaptive steps and proposes the next size: any object with
@@ -155,14 +156,16 @@ def odeint(
             step-ratio bounds).
         stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected
             steps, failure flag).
-        options, event_fn, adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method,
-            adjoint_options: torchdiffeq's arguments (:mod:`mali_func.interop._compat`): ``options``
-            keys ``step_size``, ``first_step``, ``max_num_steps``, and the controller's
-            ``safety``, ``dfactor``, ``ifactor``; ``adjoint_params`` is checked
-            and otherwise unneeded (every tensor the field receives is differentiated, also one
-            that ``adjoint_params`` leaves out); the
-            adjoint's tolerances and method are accepted and unused, since MALI's backward
-            replays the forward steps; ``event_fn`` raises :class:`NotImplementedError`.
+        options: torchdiffeq's options (:mod:`mali_func.interop._compat`): keys
+            ``step_size``, ``first_step``, ``max_num_steps``, and the controller's ``safety``,
+            ``dfactor``, ``ifactor``.
+        event_fn: torchdiffeq's event function: raises :class:`NotImplementedError`.
+        adjoint_params: torchdiffeq's adjoint parameters: checked and otherwise unneeded (every
+            tensor the field receives is differentiated, also one ``adjoint_params`` leaves out).
+        adjoint_rtol: accepted and unused (MALI's backward replays the forward steps).
+        adjoint_atol: accepted and unused.
+        adjoint_method: accepted and unused.
+        adjoint_options: accepted and unused.
 
     Returns:
         A tensor of shape ``(len(t), *y0.shape)``, or a tuple of such tensors for a tuple ``y0``;

@@ -60,7 +60,8 @@ class IntegralController:
 
     Args:
         safety: the factor in (0, 1) on the optimal step.
-        min_factor, max_factor: the bounds of the step ratio, ``0 < min_factor < 1 < max_factor``.
+        min_factor: the lower bound of the step ratio, in (0, 1).
+        max_factor: the upper bound of the step ratio, above 1.
     """
 
     safety: float = 0.9
