@@ -13,15 +13,22 @@ from .gradients._drift import (
     FallbackWarning,
     ReconstructionWarning,
 )
+from .gradients._strategies import MALI, Backprop, Checkpoint
 from .interop._odeint_adjoint import odeint_adjoint
 from .interop._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 from .stepping._control import SolveStats
 from .stepping._controllers import Controller, IntegralController
 from .stepping._parasitic import CouplingWarning, ParasiticModeWarning
+from .stepping._steps import Adaptive, Fixed
 
 __all__ = [
     "ALF",
+    "MALI",
+    "Adaptive",
+    "Backprop",
+    "Checkpoint",
+    "Fixed",
     "ButcherTableau",
     "Controller",
     "CoupledRK",

@@ -25,9 +25,11 @@ from ._checks import (
     check_unroll,
     steps_for,
 )
+from ._integrate import integrate
 from ._odeint import odeint
 from .backends._mode import under_vmap
 from .gradients._drift import DriftMonitor
+from .interop._shorthands import expand
 from .schemes._methods import scheme_for
 
 
@@ -41,12 +43,12 @@ class ODEBlock(nn.Module):
         t_eval: optional output times strictly between ``t0`` and ``t1`` or equal to them; the
             block then returns the states at those times stacked along a new first axis
             (``(len(t_eval), *x.shape)``) instead of the state at ``t1``.
-        **odeint_options: keyword arguments of :func:`mali_func.odeint`: a fixed grid
-            (``n_steps`` or ``step_size``) or adaptive steps (``rtol``, ``atol``, ``max_steps``,
-            ``first_step``, ``controller``; the default when no grid is given, with odeint's
-            tolerances), and
-            ``method``, ``eta``, ``coupling``, ``gradient``, ``checkpoints``, ``scheme``,
-            ``monitor``, ``reconstruction_tol``.
+        **odeint_options: :func:`mali_func.odeint`'s options: ``method`` (a name or a scheme
+            object), ``steps`` (:class:`~mali_func.Fixed` or :class:`~mali_func.Adaptive`, the
+            default when no grid is given), ``gradient`` (a name or :class:`~mali_func.MALI`,
+            :class:`~mali_func.Checkpoint`, :class:`~mali_func.Backprop`), ``rtol``, ``atol``,
+            and odeint's shorthand keywords (``n_steps``, ``step_size``, ``eta``, ...). Stored
+            in ``options`` in the keyword form, which may be changed in place.
 
     The time grid is a non-persistent buffer: it follows ``.to(device)`` and stays out of
     ``state_dict``; it is cast to the input's dtype on every call.
@@ -67,13 +69,9 @@ class ODEBlock(nn.Module):
         if not isinstance(field, nn.Module):
             raise TypeError(f"field must be an nn.Module, got {type(field).__name__}")
         _check_span(t0, t1)
-        unknown = set(odeint_options) - _ODEINT_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; ODEBlock accepts {sorted(_ODEINT_OPTIONS)}"
-            )
-        fixed = [k for k in ("n_steps", "step_size") if odeint_options.get(k) is not None]
-        adaptive = [k for k in _ADAPTIVE_OPTIONS if odeint_options.get(k) is not None]
+        options = _expanded(odeint_options)
+        fixed = [k for k in ("n_steps", "step_size") if options.get(k) is not None]
+        adaptive = [k for k in _ADAPTIVE_OPTIONS if options.get(k) is not None]
         if fixed and adaptive:
             raise ValueError(
                 f"{', '.join(adaptive)} configure adaptive steps, which {' and '.join(fixed)} "
@@ -82,7 +80,7 @@ class ODEBlock(nn.Module):
         self.register_buffer("times", torch.zeros(0, dtype=torch.float64), persistent=False)
         self._set_grid(t0, t1, t_eval)
         self.field = field
-        self.options = dict(odeint_options)
+        self.options = options
         _check_options(self.times, self.options)
 
     # The times are configuration, not weights: set them and the grid follows; a dtype cast of
@@ -170,21 +168,22 @@ class ODEBlock(nn.Module):
 
 _ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step", "controller")
 
-_ODEINT_OPTIONS = {
-    *_ADAPTIVE_OPTIONS,
-    "checkpoints",
-    "unroll",
-    "n_steps",
-    "step_size",
-    "method",
-    "coupling",
-    "eta",
-    "gradient",
-    "scheme",
-    "monitor",
-    "reconstruction_tol",
-    "fallback",
-}
+
+def _expanded(given: dict[str, Any]) -> dict[str, Any]:
+    """``odeint``'s keywords in the engine's form (objects expanded, the shorthands kept), set
+    ones only: what the block passes to every solve."""
+    rest = dict(given)
+    for name in ("args", "stats", "options"):
+        if name in rest:
+            raise TypeError(f"ODEBlock() takes no {name!r}: it is an option of odeint only")
+    options = expand(
+        "ODEBlock", rtol=rest.pop("rtol", None), atol=rest.pop("atol", None),
+        method=rest.pop("method", None), steps=rest.pop("steps", None),
+        gradient=rest.pop("gradient", "mali"), keywords=rest, torchdiffeq=False,
+    )  # fmt: skip
+    if "gradient" not in given:
+        options.pop("gradient")
+    return {k: v for k, v in options.items() if v is not None or k in given}
 
 
 def _check_span(t0: Any, t1: Any) -> None:
@@ -199,7 +198,7 @@ def _check_span(t0: Any, t1: Any) -> None:
 def _check_options(times: Tensor, options: dict[str, Any]) -> None:
     """The checks :func:`odeint` runs on these options, run when the block is built (a bad
     option fails where the model is defined, not at its first call; they run again per call)."""
-    defaults = {k: p.default for k, p in inspect.signature(odeint).parameters.items()}
+    defaults = {k: p.default for k, p in inspect.signature(integrate).parameters.items()}
 
     def get(name: str) -> Any:
         return options.get(name, defaults[name])

@@ -176,7 +176,10 @@ def check_options(
     checkpoints: Any = None,
 ) -> None:
     if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        raise ValueError(
+            f"gradient must be MALI(), Checkpoint(), Backprop() or one of {GRADIENTS}, "
+            f"got {gradient!r}"
+        )
     if checkpoints is not None:
         if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
             raise ValueError(f"checkpoints must be an int >= 1, got {checkpoints!r}")

@@ -55,7 +55,11 @@ def f(t, y):
         ({"eta": 0.0}, ValueError, "eta must lie in"),
         ({"eta": 1.5}, ValueError, "eta must lie in"),
         ({"eta": "1"}, TypeError, "eta must be a real number"),
-        ({"gradient": "adjoint"}, ValueError, "gradient must be one of"),
+        (
+            {"gradient": "adjoint"},
+            ValueError,
+            r"gradient must be MALI\(\), Checkpoint\(\), Backprop\(\) or one of",
+        ),
         ({"reconstruction_tol": -1.0}, ValueError, "reconstruction_tol must be positive"),
         ({"monitor": object()}, TypeError, "monitor must be a DriftMonitor"),
         ({"func": 3}, TypeError, "func must be callable"),

@@ -29,6 +29,11 @@ def test_import_leaves_every_torch_config_unchanged() -> None:
 def test_public_surface_holds_no_internal_classes() -> None:
     expected = {
         "ALF",
+        "Adaptive",
+        "Backprop",
+        "Checkpoint",
+        "Fixed",
+        "MALI",
         "ButcherTableau",
         "Controller",
         "CoupledRK",

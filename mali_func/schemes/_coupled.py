@@ -73,7 +73,7 @@ from ._scheme import (
     add_optional,
     dot,
 )
-from ._tableau import ButcherTableau
+from ._tableau import ButcherTableau, tableau_named
 
 MIN_COUPLING = 0.5
 """The smallest automatic ``lambda``: the reverse amplifies by at most ``1/lambda`` a step."""
@@ -137,7 +137,10 @@ class CoupledRK(ReversibleScheme):
             that estimate as a last entry, ``(*y, *z, rho)``.
     """
 
-    def __init__(self, tableau: ButcherTableau, coupling: float | Literal["auto"] = "auto") -> None:
+    def __init__(
+        self, tableau: ButcherTableau | str, coupling: float | Literal["auto"] = "auto"
+    ) -> None:
+        tableau = tableau_named(tableau)  # a name ("rk4") is a shorthand
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
         self.auto = coupling == "auto"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._scheme import Field, Params, ReversibleScheme, State
-from ._tableau import ButcherTableau
+from ._tableau import ButcherTableau, tableau_named
 
 
 class RungeKutta(ReversibleScheme):
@@ -31,7 +31,8 @@ class RungeKutta(ReversibleScheme):
     and ``"backprop"`` give its exact gradient.
     """
 
-    def __init__(self, tableau: ButcherTableau) -> None:
+    def __init__(self, tableau: ButcherTableau | str) -> None:
+        tableau = tableau_named(tableau)  # a name ("rk4") is a shorthand
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
         self.tableau = tableau

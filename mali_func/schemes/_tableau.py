@@ -272,3 +272,12 @@ TABLEAUS = {
     tab.name: tab
     for tab in (EULER, MIDPOINT, HEUN, ADAPTIVE_HEUN, HEUN3, BOSH3, RK4, DOPRI5, TSIT5)
 }
+
+
+def tableau_named(tableau: object) -> object:
+    """``TABLEAUS[tableau]`` for a name, anything else unchanged (the caller checks it)."""
+    if not isinstance(tableau, str):
+        return tableau
+    if tableau not in TABLEAUS:
+        raise ValueError(f"unknown tableau {tableau!r}; known: {sorted(TABLEAUS)}")
+    return TABLEAUS[tableau]
