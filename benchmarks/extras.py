@@ -38,10 +38,7 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -49,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, CountingField, fmt, md_table, run_child, save_json, timed, write
+from _common import RESULTS, fmt, md_table, run_child, save_json, timed, write
+from extras_onnx import onnx_latency
+from extras_vmap import vmap_compiled, vmap_per_sample
 from torch import Tensor, nn
 
 Measure = Callable[[bool], dict[str, Any]]
@@ -63,112 +62,6 @@ class Row:
     baseline: str
     candidate: str
     measure: Measure | None = None
-
-
-def _vmap_per_sample(quick: bool) -> dict[str, Any]:
-    from torch.func import functional_call, grad, vmap
-
-    import mali_func
-
-    torch.set_num_threads(1)
-    batch, steps = 64, 5 if quick else 20
-    field = CountingField(64, 256)
-    names = [name for name, _ in field.named_parameters()]
-    params = tuple(p.detach() for p in field.parameters())
-    torch.manual_seed(1)
-    xs = torch.randn(batch, 64)
-    t = torch.tensor([0.0, 1.0])
-
-    def f(t_: Tensor, y: Tensor, *ps: Tensor) -> Tensor:
-        return functional_call(field, dict(zip(names, ps)), (t_, y))
-
-    def loss(ps: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        z = mali_func.odeint(f, x[None], t, n_steps=steps, args=ps)[-1]
-        return z.pow(2).mean()
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0))
-    leaves = tuple(p.clone().requires_grad_() for p in params)
-
-    def loop() -> list[tuple[Tensor, ...]]:
-        return [torch.autograd.grad(loss(leaves, x), leaves) for x in xs]
-
-    batched = per_sample(params, xs)
-    looped = loop()
-    err = max(
-        float((b - torch.stack([g[i] for g in looped])).abs().max() / b.abs().max())
-        for i, b in enumerate(batched)
-    )
-    loop_s = min(timed(loop) for _ in range(3))
-    vmap_s = min(timed(lambda: per_sample(params, xs)) for _ in range(3))
-    return {
-        "setting": f"batch {batch}, {steps} steps, MLP 64-256-64, float32",
-        "baseline_s": loop_s,
-        "candidate_s": vmap_s,
-        "check": f"max difference {err:.1e} (relative to the largest entry)",
-    }
-
-
-def _vmap_compiled(quick: bool) -> dict[str, Any]:
-    """Per-sample gradients compiled (``torch.compile(vmap(grad(loss)), fullgraph=True)``,
-    inductor) against the same ``vmap(grad)`` eagerly, and against a Python loop."""
-    from torch.func import functional_call, grad, vmap
-
-    import mali_func
-
-    torch.set_num_threads(1)
-    batch, steps = 64, 5 if quick else 20
-    torch.manual_seed(1)
-    field = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 64))
-    t = torch.tensor([0.0, 1.0])
-
-    class Field(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = field
-
-        def forward(self, t_: Tensor, y: Tensor) -> Tensor:
-            return self.net(y)
-
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.field = Field()
-
-        def forward(self, x: Tensor) -> Tensor:
-            return mali_func.odeint(self.field, x, t, n_steps=steps)[-1]
-
-    model = Model()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    xs = torch.randn(batch, 64)
-
-    def loss(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, p, (x,)).pow(2).mean()
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0))
-    compiled = torch.compile(per_sample, fullgraph=True)
-    start = time.perf_counter()
-    got = compiled(params, xs)
-    compile_s = time.perf_counter() - start
-    ref = per_sample(params, xs)
-    err = max(float((got[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
-    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-
-    def loop() -> list[tuple[Tensor, ...]]:
-        return [torch.autograd.grad(loss(leaves, x), list(leaves.values())) for x in xs]
-
-    eager_s = min(timed(lambda: per_sample(params, xs)) for _ in range(3))
-    compiled_s = min(timed(lambda: compiled(params, xs)) for _ in range(5))
-    loop_s = min(timed(loop) for _ in range(2))
-    return {
-        "setting": f"batch {batch}, {steps} steps, MLP 64-256-64, float32, inductor",
-        "baseline_s": eager_s,
-        "candidate_s": compiled_s,
-        "check": (
-            f"max difference {err:.1e} (relative); Python loop of autograd.grad {loop_s:.3g} s "
-            f"({loop_s / compiled_s:.1f}x slower than compiled); first call {compile_s:.1f} s "
-            "(the steps are unrolled under a compiled transform in torch 2.13: grows with them)"
-        ),
-    }
 
 
 class _MLPField(nn.Module):
@@ -329,50 +222,6 @@ def _compile_cpp(quick: bool) -> dict[str, Any]:
     }
 
 
-def _onnx_latency(quick: bool, batch: int) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    from mali_func.export import to_onnx
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    from digits_parts import DigitsModel, load_digits_split
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = DigitsModel(n_steps=6).eval()
-    x = load_digits_split()["x_test"][:batch]
-    repeats = (50 if quick else 200) if batch == 1 else (5 if quick else 30)
-
-    def median(fn: Callable[[], object]) -> float:
-        for _ in range(3):
-            fn()
-        return statistics.median(timed(fn) for _ in range(repeats))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "digits.onnx"
-        report = to_onnx(model, (x[:1],), path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        with torch.no_grad():
-            ref = model(x)
-            out = torch.from_numpy(session.run(None, feed)[0])
-            err = float((out - ref).abs().max() / ref.abs().max())
-            torch_s = median(lambda: model(x))
-            ort_s = median(lambda: session.run(None, feed))
-    return {
-        "setting": f"digits model (untrained), 6 steps, batch {batch}, float32,"
-        f" median of {repeats}",
-        "baseline_s": torch_s,
-        "candidate_s": ort_s,
-        "check": f"max difference {err:.1e} (relative to the largest output);"
-        f" {report.file_bytes / 1024:.0f} KiB file, {report.loops} loop node",
-        "batch": batch,
-        "export_s": report.export_seconds,
-    }
-
-
 POINTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "compile-point": _training_step,
     "compile-point-tsit5": partial(_training_step, method="tsit5", repeats=3),
@@ -385,13 +234,13 @@ ROWS: dict[str, Row] = {
         "per-sample gradients through odeint (MALI)",
         "Python loop of autograd.grad",
         "torch.func.vmap(torch.func.grad(loss))",
-        _vmap_per_sample,
+        vmap_per_sample,
     ),
     "vmap_compiled": Row(
         "per-sample gradients through odeint (MALI)",
         "eager torch.func.vmap(torch.func.grad(loss))",
         "torch.compile(vmap(grad(loss)), fullgraph=True)",
-        _vmap_compiled,
+        vmap_compiled,
     ),
     "compile": Row("MALI training step", "eager", "torch.compile", _compile_vs_eager),
     "compile_unroll": Row(
@@ -416,13 +265,13 @@ ROWS: dict[str, Row] = {
         "digits classifier inference, exported to ONNX",
         "torch eager",
         "onnxruntime",
-        partial(_onnx_latency, batch=1),
+        partial(onnx_latency, batch=1),
     ),
     "onnxruntime_256": Row(
         "digits classifier inference, exported to ONNX",
         "torch eager",
         "onnxruntime",
-        partial(_onnx_latency, batch=256),
+        partial(onnx_latency, batch=256),
     ),
 }
 
