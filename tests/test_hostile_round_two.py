@@ -227,3 +227,34 @@ def test_vmap_of_a_block_then_an_ordinary_backward_equals_a_loop(options: dict) 
         block(xi).sum().backward()
     for a, b in zip(batched, block.parameters()):
         torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def _closing_over_a_module():
+    net = nn.Linear(2, 2)
+    return lambda t, y: torch.tanh(net(y))
+
+
+GLOBAL_NET = nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [_closing_over_a_module(), lambda t, y: torch.tanh(GLOBAL_NET(y))],
+    ids=["closure", "global"],
+)
+def test_a_compiled_fullgraph_solve_refuses_a_captured_module_with_the_capture_error(field) -> None:
+    """Was "Unsupported: builtin isinstance() ..." from dynamo, raised while the message was being
+    built (naming the captured variables reads closures and globals). Now the capture error is
+    raised; fullgraph reports any exception raised while tracing as dynamo's "Observed exception"
+    with the original error in its text, eager and non-fullgraph code raise the TypeError itself."""
+    torch._dynamo.reset()
+
+    def loss(y: Tensor) -> Tensor:
+        return odeint(field, y, torch.tensor([0.0, 1.0]), n_steps=3)[-1].sum()
+
+    with pytest.raises(Exception, match=r"TypeError.*func reads a tensor that requires grad"):
+        torch.compile(loss, backend="aot_eager", fullgraph=True)(torch.randn(3, 2))
+    torch._dynamo.reset()
+    with pytest.raises(TypeError, match="func reads a tensor that requires grad"):
+        torch.compile(loss, backend="aot_eager")(torch.randn(3, 2))
+    torch._dynamo.reset()

@@ -62,7 +62,9 @@ def _captured_names(func: Any) -> list[str]:
 def _captured(field: Field, at: Tensor | None = None) -> TypeError:
     """The capture error, naming the captured variables where they can be found and the time
     of the evaluation that read them (later than ``t0``)."""
-    names = _captured_names(getattr(field, "source", None))
+    # While dynamo traces, a closure's cells and a function's globals cannot be inspected
+    # (fullgraph raises "Unsupported" instead of this error): the names come in eager code only.
+    names = [] if tracing() else _captured_names(getattr(field, "source", None))
     notes = [f"captured: {', '.join(repr(n) for n in names)}"] if names else []
     notes += [f"found at t = {float(at):.6g}"] if at is not None else []
     where = f" ({'; '.join(notes)})" if notes else ""
