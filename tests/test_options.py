@@ -106,3 +106,30 @@ def test_odeint_has_at_most_twelve_named_parameters() -> None:
     params = inspect.signature(odeint).parameters.values()
     named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     assert len(named) <= 12, [p.name for p in named]
+
+
+@pytest.mark.parametrize(
+    ("objects", "keywords"),
+    [
+        ({"steps": Fixed(n=4)}, {"n_steps": 4}),
+        ({"method": "rk4", "steps": Fixed(n=4), "gradient": MALI()},
+         {"method": "rk4", "n_steps": 4, "gradient": "mali"}),
+        ({"method": "rk4", "steps": Fixed(n=4), "gradient": Checkpoint(budget=2)},
+         {"method": "rk4", "n_steps": 4, "gradient": "checkpoint", "checkpoints": 2}),
+        ({"steps": Adaptive(rtol=1e-5, atol=1e-7)}, {"rtol": 1e-5, "atol": 1e-7}),
+    ],
+)  # fmt: skip
+def test_odeint_adjoint_reads_the_objects_as_their_shorthands(objects, keywords) -> None:
+    """torchdiffeq's defaults (dopri5, 1e-7/1e-9 on adaptive solves, the plain step under
+    checkpointing) are decided on the expanded options: a Fixed grid gets no tolerances, MALI()
+    keeps the reversible coupling, Adaptive's tolerances are not replaced."""
+    from mali_func import odeint_adjoint
+
+    results = []
+    for options in (objects, keywords):
+        field = Field()
+        y0 = torch.linspace(-1, 1, 6, dtype=F64).reshape(2, 3).requires_grad_()
+        ys = odeint_adjoint(field, y0, torch.tensor([0.0, 1.0], dtype=F64), **options)
+        results.append([ys, *torch.autograd.grad(ys.sum(), [y0, *field.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -8,8 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
-from .._odeint import TensorOrTuple, odeint
+from .._integrate import integrate
+from .._odeint import TensorOrTuple
 from ..schemes import TABLEAUS
+from ._shorthands import expand
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
 
@@ -33,16 +35,26 @@ def odeint_adjoint(
     coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
     coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
     argument of :func:`odeint` is accepted."""
-    fixed = any(kwargs.get(k) is not None for k in ("n_steps", "step_size")) or (
+    # The defaults are decided on odeint's expanded keywords, so the objects (steps=Fixed(...),
+    # gradient=MALI(), method=<scheme>) and their shorthands are read alike.
+    args, stats = kwargs.pop("args", ()), kwargs.pop("stats", False)
+    gradient_given = "gradient" in kwargs
+    options_ = expand(
+        "odeint_adjoint", rtol=rtol, atol=atol, method=method, steps=kwargs.pop("steps", None),
+        gradient=kwargs.pop("gradient", "mali"), keywords=kwargs,
+    )  # fmt: skip
+    fixed = any(options_.get(k) is not None for k in ("n_steps", "step_size")) or (
         isinstance(options, Mapping) and "step_size" in options
     )
-    if method is None and kwargs.get("scheme") is None:
-        method = TORCHDIFFEQ_METHOD
-    if isinstance(method, str) and method in TABLEAUS and "coupling" not in kwargs:
-        gradient = kwargs.setdefault("gradient", "checkpoint")
-        if gradient != "mali":
-            kwargs["coupling"] = None
+    if options_["method"] is None and options_.get("scheme") is None:
+        options_["method"] = TORCHDIFFEQ_METHOD
+    if options_["method"] in TABLEAUS and "coupling" not in options_:
+        if not gradient_given:
+            options_["gradient"] = "checkpoint"
+        if options_["gradient"] != "mali":
+            options_["coupling"] = None
     if not fixed:
-        rtol = TORCHDIFFEQ_RTOL if rtol is None else rtol
-        atol = TORCHDIFFEQ_ATOL if atol is None else atol
-    return odeint(func, y0, t, rtol, atol, method, options, **kwargs)
+        for name, default in (("rtol", TORCHDIFFEQ_RTOL), ("atol", TORCHDIFFEQ_ATOL)):
+            if options_[name] is None:  # not given, as a parameter or in Adaptive(...)
+                options_[name] = default
+    return integrate(func, y0, t, options=options, args=args, stats=stats, **options_)
