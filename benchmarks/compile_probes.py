@@ -41,7 +41,7 @@ def _digits_step(method: str) -> tuple[Any, Callable[[], Any], Callable[[Any], A
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=100)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
-    monitor = model.ode.options["monitor"]
+    monitor = model.ode.options["gradient"].monitor
     x, y = data["x_train"][:64], data["y_train"][:64]
 
     def compute_loss(x_: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:

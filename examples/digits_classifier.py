@@ -75,7 +75,7 @@ def train(
     step_loss = torch.compile(compute_loss, fullgraph=True) if compile_step else compute_loss
     losses: list[float] = []
     accs: list[float] = []
-    monitor = model.ode.options.get("monitor")
+    monitor = getattr(model.ode.options.get("gradient"), "monitor", None)
     drift = float("nan") if monitor is None else 0.0
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()

@@ -94,7 +94,7 @@ def saved_bytes_per_step(model: DigitsModel, data: dict[str, Tensor], *, gradien
         return x
 
     options = model.ode.options
-    previous = options["gradient"]
+    previous = options.get("gradient", "mali")
     options["gradient"] = gradient
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):

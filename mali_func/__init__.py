@@ -8,6 +8,7 @@ constant in the number of steps and the gradient is that of the discrete forward
 
 from ._blocks import ODEBlock
 from ._odeint import odeint
+from .field._callbacks import CallbackWarning
 from .gradients._drift import (
     DriftMonitor,
     FallbackWarning,
@@ -32,6 +33,7 @@ __all__ = [
     "ButcherTableau",
     "Controller",
     "CoupledRK",
+    "CallbackWarning",
     "CouplingWarning",
     "DPODEBlock",
     "DriftMonitor",

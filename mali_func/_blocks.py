@@ -9,7 +9,6 @@ Any tensor shape works, so a convolutional field on ``(B, C, H, W)`` feature map
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -17,20 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import (
-    check_adaptive,
-    check_options,
-    check_scheme,
-    check_steps,
-    check_unroll,
-    steps_for,
-)
+from ._checks import check_adaptive, check_scheme, check_steps, steps_for
 from ._integrate import integrate
-from ._odeint import odeint
 from .backends._mode import under_vmap
-from .gradients._drift import DriftMonitor
+from .gradients._strategies import MALI
 from .interop._shorthands import expand
-from .schemes._methods import scheme_for
+from .schemes._methods import COUPLING_DEFAULT, scheme_for
+from .stepping._steps import Fixed
 
 
 class ODEBlock(nn.Module):
@@ -48,7 +40,8 @@ class ODEBlock(nn.Module):
             default when no grid is given), ``gradient`` (a name or :class:`~mali_func.MALI`,
             :class:`~mali_func.Checkpoint`, :class:`~mali_func.Backprop`), ``rtol``, ``atol``,
             and odeint's shorthand keywords (``n_steps``, ``step_size``, ``eta``, ...). Stored
-            in ``options`` in the keyword form, which may be changed in place.
+            in ``options`` as objects (``steps``, ``gradient``; the shorthands folded in),
+            which may be changed in place.
 
     The time grid is a non-persistent buffer: it follows ``.to(device)`` and stays out of
     ``state_dict``; it is cast to the input's dtype on every call.
@@ -70,12 +63,13 @@ class ODEBlock(nn.Module):
             raise TypeError(f"field must be an nn.Module, got {type(field).__name__}")
         _check_span(t0, t1)
         options = _expanded(odeint_options)
-        fixed = [k for k in ("n_steps", "step_size") if options.get(k) is not None]
-        adaptive = [k for k in _ADAPTIVE_OPTIONS if options.get(k) is not None]
-        if fixed and adaptive:
+        steps = options.get("steps")
+        adaptive = [k for k in ("rtol", "atol") if options.get(k) is not None]
+        if isinstance(steps, Fixed) and adaptive:
+            fixed = "n_steps" if steps.n is not None else "step_size"
             raise ValueError(
-                f"{', '.join(adaptive)} configure adaptive steps, which {' and '.join(fixed)} "
-                "replace: give one or the other"
+                f"{', '.join(adaptive)} configure adaptive steps, which {fixed} replace: give "
+                "one or the other"
             )
         self.register_buffer("times", torch.zeros(0, dtype=torch.float64), persistent=False)
         self._set_grid(t0, t1, t_eval)
@@ -137,7 +131,7 @@ class ODEBlock(nn.Module):
                 "mali_func.odeint, which takes tuples"
             )
         times = self.times.to(dtype=x.dtype, device=x.device)
-        ys = odeint(self.field, x, times, **self._solve_options())
+        ys = integrate(self.field, x, times, **self._solve_options())
         assert isinstance(ys, Tensor)
         out = ys[-1] if self._select is None else ys[self._select]
         if under_vmap():
@@ -148,14 +142,16 @@ class ODEBlock(nn.Module):
         return out
 
     def _solve_options(self) -> dict[str, Any]:
-        """``options`` with ``step_size`` turned into step counts from the block's own constant
-        times: the solve then needs no values of ``t``, so it compiles, vmaps and exports like
-        ``n_steps``. Read at every call, so ``options`` may be changed in place."""
-        options = dict(self.options)
-        step_size = options.pop("step_size", None)
-        if step_size is not None:
+        """``options`` with ``Fixed(size=...)`` turned into step counts from the block's own
+        constant times: the solve then needs no values of ``t``, so it compiles, vmaps and
+        exports like ``Fixed(n=...)``. Read at every call, so ``options`` may be changed in
+        place, in either spelling (``options["gradient"] = "backprop"`` too)."""
+        options = _expanded(self.options)
+        options.setdefault("gradient", MALI())
+        steps = options.get("steps")
+        if isinstance(steps, Fixed) and steps.size is not None:
             spans = [abs(b - a) for a, b in itertools.pairwise(self._grid)]
-            options["n_steps"] = steps_for(spans, step_size)
+            options["steps"] = Fixed(n=steps_for(spans, steps.size), unroll=steps.unroll)
         return options
 
     def extra_repr(self) -> str:
@@ -166,12 +162,9 @@ class ODEBlock(nn.Module):
         return ", ".join(parts)
 
 
-_ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "first_step", "controller")
-
-
 def _expanded(given: dict[str, Any]) -> dict[str, Any]:
-    """``odeint``'s keywords in the engine's form (objects expanded, the shorthands kept), set
-    ones only: what the block passes to every solve."""
+    """``odeint``'s arguments as the engine takes them (shorthands folded into the objects), the
+    ones that are set: what the block passes to every solve."""
     rest = dict(given)
     for name in ("args", "stats", "options"):
         if name in rest:
@@ -181,8 +174,8 @@ def _expanded(given: dict[str, Any]) -> dict[str, Any]:
         method=rest.pop("method", None), steps=rest.pop("steps", None),
         gradient=rest.pop("gradient", "mali"), keywords=rest, torchdiffeq=False,
     )  # fmt: skip
-    if "gradient" not in given:
-        options.pop("gradient")
+    if options["gradient"] == MALI() and "gradient" not in given:
+        options.pop("gradient")  # the default, left out of the block's repr
     return {k: v for k, v in options.items() if v is not None or k in given}
 
 
@@ -198,24 +191,14 @@ def _check_span(t0: Any, t1: Any) -> None:
 def _check_options(times: Tensor, options: dict[str, Any]) -> None:
     """The checks :func:`odeint` runs on these options, run when the block is built (a bad
     option fails where the model is defined, not at its first call; they run again per call)."""
-    defaults = {k: p.default for k, p in inspect.signature(integrate).parameters.items()}
-
-    def get(name: str) -> Any:
-        return options.get(name, defaults[name])
-
-    steps = check_steps(get("n_steps"), get("step_size"), times)
-    check_adaptive(
-        steps is None, get("rtol"), get("atol"), get("max_steps"), get("first_step"),
-        get("controller"),
-    )  # fmt: skip
-    check_options(
-        get("gradient"), get("reconstruction_tol"), get("monitor"), DriftMonitor, get("checkpoints")
-    )
-    check_unroll(get("unroll"))
-    if not isinstance(get("fallback"), bool):
-        raise TypeError(f"fallback must be a bool, got {type(get('fallback')).__name__}")
-    scheme = scheme_for(get("method"), get("scheme"), eta=get("eta"), coupling=get("coupling"))
-    check_scheme(scheme, adaptive=steps is None, gradient=None)
+    steps = options.get("steps")
+    fixed = steps if isinstance(steps, Fixed) else None
+    counts = None if fixed is None else check_steps(fixed.n, fixed.size, times)
+    check_adaptive(counts is None, options.get("rtol"), options.get("atol"), steps)
+    coupling = options.get("coupling", COUPLING_DEFAULT)
+    scheme = scheme_for(options.get("method"), options.get("scheme"), eta=options.get("eta"),
+                        coupling=coupling)  # fmt: skip
+    check_scheme(scheme, adaptive=counts is None, gradient=None)
 
 
 def _grid(t0: float, t1: float, t_eval: Sequence[float] | None) -> tuple[list[float], Any]:

@@ -18,10 +18,16 @@ from .backends._mode import is_concrete, tracing
 from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 from .stepping._controllers import Controller, IntegralController, Tolerances
 
-GRADIENTS = ("mali", "checkpoint", "backprop")
+UNCAPPED = 2**31 - 1
+"""``max_steps`` of :func:`mali_func.odeint_adjoint`'s eager adaptive solves: no cap in practice,
+as torchdiffeq."""
+DEFAULT_MAX_STEPS = 10_000
+"""The default ``max_steps`` of :func:`mali_func.odeint` (a solve that cannot finish, such as
+ALF past its stability limit, fails instead of running on), and of every compiled or exported
+adaptive solve (their buffers, records and checkpoint plans are sized by it)."""
 
 
-def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str | None) -> None:
+def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: Any = None) -> None:
     """Refuse a scheme that lacks a method the solve needs, naming the scheme and the method
     (``gradient=None``: no gradient is asked for, so no inverse is needed)."""
     missing = []
@@ -31,7 +37,8 @@ def check_scheme(scheme: ReversibleScheme, *, adaptive: bool, gradient: str | No
             "torchdiffeq's options={'step_size': h}), or use a method that adapts "
             f"({', '.join(ADAPTIVE_METHODS)})"
         )
-    if gradient == "mali" and not (scheme.has("inverse") or scheme.has("reverse")):
+    rebuilds = gradient is not None and gradient.rebuilds
+    if rebuilds and not (scheme.has("inverse") or scheme.has("reverse")):
         plain = isinstance(scheme, RungeKutta)
         missing.append(
             "inverse, which gradient='mali' needs to rebuild the steps backwards; use "
@@ -90,8 +97,8 @@ def check_t(t: Any, like: Tensor) -> Tensor:
         raise ValueError(f"t must be on the device of y0 ({like.device}), got {t.device}")
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D, got shape {tuple(t.shape)}")
-    if t.shape[0] < 2:
-        raise ValueError(f"t must hold at least 2 times, got {t.shape[0]}")
+    if t.shape[0] < 1:
+        raise ValueError("t must hold at least 1 time (one time returns y0), got none")
     if is_concrete(t):
         if not bool(torch.isfinite(t).all()):
             raise ValueError("t must be finite, got a NaN or infinite entry")
@@ -161,48 +168,6 @@ def steps_for(spans: Sequence[float], step_size: float, slack: float = 1e-12) ->
     return tuple(max(1, math.ceil(c)) for c in counts)
 
 
-def check_unroll(unroll: Any) -> None:
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(
-            f"unroll must be an int >= 1 (steps per compiled loop iteration), got {unroll!r}"
-        )
-
-
-def check_options(
-    gradient: Any,
-    reconstruction_tol: Any,
-    monitor: Any,
-    monitor_type: type,
-    checkpoints: Any = None,
-) -> None:
-    if gradient not in GRADIENTS:
-        raise ValueError(
-            f"gradient must be MALI(), Checkpoint(), Backprop() or one of {GRADIENTS}, "
-            f"got {gradient!r}"
-        )
-    if checkpoints is not None:
-        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
-            raise ValueError(f"checkpoints must be an int >= 1, got {checkpoints!r}")
-        if checkpoints < 1:
-            raise ValueError(f"checkpoints must be an int >= 1, got {checkpoints}")
-        if gradient != "checkpoint":
-            raise ValueError(
-                f"checkpoints is the budget of gradient='checkpoint'; got gradient={gradient!r}"
-            )
-    if reconstruction_tol is not None and not (
-        isinstance(reconstruction_tol, str) and reconstruction_tol == "auto"
-    ):
-        if isinstance(reconstruction_tol, bool) or not isinstance(reconstruction_tol, (int, float)):
-            raise TypeError(
-                "reconstruction_tol must be a positive number, 'auto' or None, got "
-                f"{reconstruction_tol!r}"
-            )
-        if not reconstruction_tol > 0:
-            raise ValueError(f"reconstruction_tol must be positive, got {reconstruction_tol}")
-    if monitor is not None and not isinstance(monitor, monitor_type):
-        raise TypeError(f"monitor must be a DriftMonitor or None, got {type(monitor).__name__}")
-
-
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -217,14 +182,15 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 
 def check_adaptive(
-    adaptive: bool, rtol: Any, atol: Any, max_steps: Any, first_step: Any, controller: Any = None
+    adaptive: bool, rtol: Any, atol: Any, steps: Any = None, *, tuple_state: bool = False
 ) -> Tolerances | None:
-    """The settings of an adaptive solve; they are refused beside ``n_steps`` or ``step_size``."""
+    """The settings of an adaptive solve (``rtol``, ``atol`` and an :class:`Adaptive` ``steps``'
+    fields); they are refused beside ``n_steps`` or ``step_size``. A ``norm`` is called on a
+    tensor, or on a tuple for a tuple state (``tuple_state``), as torchdiffeq calls it."""
+    fields = ("max_steps", "first_step", "controller", "min_step", "max_step", "norm")
+    values = {f: getattr(steps, f, None) for f in fields}
     if not adaptive:
-        options = (
-            ("rtol", rtol), ("atol", atol), ("first_step", first_step), ("max_steps", max_steps),
-            ("controller", controller),
-        )  # fmt: skip
+        options = (("rtol", rtol), ("atol", atol), *values.items())
         given = [n for n, v in options if v is not None]
         if given:
             raise ValueError(
@@ -236,8 +202,9 @@ def check_adaptive(
     a = _positive("atol", 1e-6 if atol is None else atol, allow_zero=True)
     if r == 0 and a == 0:
         raise ValueError("rtol and atol cannot both be 0")
+    max_steps, first_step, controller = (values[f] for f in fields[:3])
     if max_steps is None:
-        max_steps = 10_000
+        max_steps = DEFAULT_MAX_STEPS
     if isinstance(max_steps, bool) or not isinstance(max_steps, int):
         raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__}")
     if max_steps < 1:
@@ -256,4 +223,34 @@ def check_adaptive(
         # carried closure does not take: traced solves read the tolerances as 0-dim tensors.
         r, a = torch.scalar_tensor(r), torch.scalar_tensor(a)  # type: ignore[assignment]
         first = None if first is None else torch.scalar_tensor(first)  # type: ignore[assignment]
-    return Tolerances(r, a, max_steps, first, controller)
+    lo = (
+        0.0
+        if values["min_step"] is None
+        else _positive("min_step", values["min_step"], allow_zero=True)
+    )
+    hi = (
+        math.inf if values["max_step"] is None else _positive_or_inf("max_step", values["max_step"])
+    )
+    if lo > hi:
+        raise ValueError(f"min_step ({lo}) must not exceed max_step ({hi})")
+    norm = values["norm"]
+    if norm is not None and not callable(norm):
+        raise TypeError(f"norm must be callable on the scaled error, got {type(norm).__name__}")
+    if norm is not None and not tuple_state:
+        norm = _on_tensor(norm)
+    return Tolerances(r, a, max_steps, first, controller, min_step=lo, max_step=hi, norm=norm)
+
+
+def _positive_or_inf(name: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == math.inf:
+        return math.inf
+    return _positive(name, value)
+
+
+def _on_tensor(norm: Any) -> Any:
+    """A norm of one tensor, called on the controller's one-element tuple."""
+
+    def on_tuple(scaled: tuple[Tensor, ...]) -> Tensor:
+        return norm(scaled[0])
+
+    return on_tuple

@@ -99,7 +99,8 @@ def odeint(
             step, i.e. a faster compiled step for a longer compile (README, *With torch.compile*).
             Eager solves ignore it.
         max_steps (int): shorthand for ``Adaptive(max_steps=...)``: most trial steps of an adaptive
-            solve (default 10,000).
+            solve (default: no cap in eager code, as torchdiffeq; 10,000 under ``torch.compile``
+            and export, whose loops are sized by it).
         first_step (float): shorthand for ``Adaptive(first_step=...)``: the first adaptive step
             size; by default the Hairer-Wanner estimate.
         controller (Controller): shorthand for ``Adaptive(controller=...)``: what accepts adaptive

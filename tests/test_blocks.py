@@ -91,7 +91,7 @@ def test_vmap_grad_through_a_model_with_a_block() -> None:
 
 def test_repr_shows_the_configuration() -> None:
     text = repr(ODEBlock(MLPField(), t1=2.0, n_steps=8, gradient="backprop"))
-    assert text.startswith("ODEBlock(\n  t0=0.0, t1=2.0, n_steps=8, gradient='backprop'\n")
+    assert text.startswith("ODEBlock(\n  t0=0.0, t1=2.0, steps=Fixed(n=8), gradient=Backprop()\n")
     assert "(field): MLPField" in text
 
 

@@ -150,7 +150,7 @@ def test_bad_controllers_are_refused_naming_the_argument() -> None:
     for bad in (object(), IntegralController, "pid"):
         with pytest.raises(TypeError, match="controller must be an object with methods init"):
             odeint(field, y0, [0.0, 1.0], controller=bad)
-    with pytest.raises(ValueError, match="controller configure adaptive steps"):
+    with pytest.raises(ValueError, match="controller apply to adaptive solves only"):
         ODEBlock(field, n_steps=4, controller=IntegralController())
     with pytest.raises(ValueError, match="safety must lie in"):
         IntegralController(safety=1.5)

@@ -37,6 +37,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "ButcherTableau",
         "Controller",
         "CoupledRK",
+        "CallbackWarning",
         "CouplingWarning",
         "DPODEBlock",
         "DriftMonitor",

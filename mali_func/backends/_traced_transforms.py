@@ -61,13 +61,6 @@ def check_traced_transform(*, adaptive: bool, gradient: str) -> None:
             "solve eagerly (torch.func.vmap(torch.func.grad(loss)) works with "
             f"gradient={gradient!r})"
         )
-    if gradient == "checkpoint":
-        raise NotImplementedError(
-            "gradient='checkpoint' inside a torch.func transform (vmap, grad, jacrev) under "
-            "torch.compile is not supported with torch 2.13 (its recomputation levels need "
-            "while_loop, which has no torch.func rule there). Use gradient='mali' (constant "
-            "memory) or gradient='backprop' inside the compiled transform, or run it eagerly"
-        )
 
 
 _INSTALLED: list[bool] = []

@@ -96,9 +96,10 @@ class BoundField:
                 m.track_running_stats = True
 
 
-def check_replayable(func: Any, gradient: str) -> None:
-    """MALI re-evaluates the field backwards in time: a random layer cannot replay its draw."""
-    if gradient != "mali" or not isinstance(func, nn.Module):
+def check_replayable(func: Any, gradient: Any) -> None:
+    """MALI re-evaluates the field backwards in time: a random layer cannot replay its draw
+    (``gradient``: a strategy object; one that ``rebuilds`` the steps backwards)."""
+    if not gradient.rebuilds or not isinstance(func, nn.Module):
         return
     for name, m in func.named_modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
@@ -135,9 +136,18 @@ def _slots(
 
 
 def bind_field(
-    func: Callable[..., Any], *, tuple_state: bool, n_state: int, args: Sequence[Tensor]
+    func: Callable[..., Any],
+    *,
+    tuple_state: bool,
+    n_state: int,
+    args: Sequence[Tensor],
+    declared: Sequence[Tensor] = (),
 ) -> BoundField:
-    """Make the pure field of ``func`` and collect the tensors it must receive explicitly."""
+    """Make the pure field of ``func`` and collect the tensors it must receive explicitly.
+
+    ``declared``: tensors a plain callable reads from its closure or globals, listed by the
+    caller (torchdiffeq's ``adjoint_params``): differentiated as inputs, in eager code, through
+    the very tensors the function reads (:mod:`mali_func.field._captures`)."""
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y, *args), got {type(func).__name__}")
     for i, a in enumerate(args):
@@ -155,7 +165,16 @@ def bind_field(
             return _as_state(out, tuple_state=tuple_state, n=n_state)
 
         plain.source = func  # type: ignore[attr-defined]  # named in capture errors
-        return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
+        if not declared:
+            return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
+
+        def closed(t: Tensor, y: State, params: Params) -> State:
+            return plain(t, y, params[:n_args])  # the declared tensors are read, not passed
+
+        closed.source, closed.declared = func, True  # type: ignore[attr-defined]
+        names = (*(f"args[{i}]" for i in range(n_args)),
+                 *(f"adjoint_params[{i}]" for i in range(len(declared))))  # fmt: skip
+        return BoundField(closed, (*args, *declared), names)
 
     module = func
     # Batch-norm running statistics are state, not inputs: differentiating them (as torch.func

@@ -123,6 +123,7 @@ class Checkpointer:
     grid: Grid
     params: Params
     plan: Plan
+    hooks: Any = None  # the field's backward-step callbacks (eager only)
 
     @property
     def python(self) -> bool:
@@ -178,6 +179,8 @@ class Checkpointer:
                     self.scheme, self.field, info.t, info.h, self.row(rows, k), a, self.params,
                     time_grad=time_grad, vjp=vjp,
                 )  # fmt: skip
+                if self.hooks is not None:
+                    self.hooks.backward_step(info.t, self.row(rows, k)[: len(g_out)], info.h)
                 if info.active is not None:
                     a_prev = tuple(torch.where(info.active, p, q) for p, q in zip(a_prev, a))
                     a_p = tuple(None if d is None else torch.where(info.active, d, 0) for d in a_p)
@@ -206,10 +209,13 @@ class Checkpointer:
         infos = [self.grid.at(None, start + k) for k in range(size)]
         n_out = len(g_out)
         pulls = [self._injected(info, g_out) for info in infos]
+        starts: list[State] = []  # for the backward-step callbacks
 
         def run(x: State, ts: Tensor, hs: Tensor, params: Params) -> tuple[Tensor, ...]:
             total = x[0].new_zeros(())
             for k, info in enumerate(infos):
+                if self.hooks is not None:
+                    starts.append(tuple(y.detach() for y in x[:n_out]))
                 new = self.scheme.step(self.field, ts[k], hs[k], x, params)
                 if info.active is not None:
                     new = tuple(torch.where(info.active, u, v) for u, v in zip(new, x))
@@ -226,6 +232,8 @@ class Checkpointer:
         else:
             _, pullback = vjp(lambda x, p: run(x, ts, hs, p), x0, self.params)
         cots = pullback((*a, torch.ones((), dtype=x0[0].dtype, device=x0[0].device)))
+        for info, y in zip(reversed(infos), reversed(starts)):
+            self.hooks.backward_step(info.t, y, info.h)
         a, a_p = cots[0], cots[-1]
         acc = tuple(self.loops.add(s, d) for s, d in zip(acc, a_p))
         if time_grad and acc_t is not None:

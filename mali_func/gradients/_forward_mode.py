@@ -35,6 +35,12 @@ class ForwardModeSolve(Solve):
         """Forward mode: the solve re-run under :func:`torch.func.jvp`, tangents carried along
         every step (memory constant in the steps, like the reverse pass)."""
         spec: Spec = ctx.spec
+        if getattr(spec.field, "declared", False):
+            raise NotImplementedError(
+                "forward-mode AD (jvp, jacfwd) of a solve whose plain function reads its "
+                "adjoint_params from its closure: the tangents cannot reach them; pass them as "
+                "odeint(..., args=(...)) or make func an nn.Module"
+            )
         t, *saved = ctx.saved_tensors  # inputs, then the outputs (Solve.setup_context)
         n = saved.pop(0) if ctx.has_n else None
         tensors, outputs = saved[: ctx.n_tensors], saved[ctx.n_tensors :]

@@ -47,9 +47,11 @@ def forward(
     n_out: int,
     keep: Checkpointer | None = None,
     unroll: int = 1,
+    hooks: Any = None,
 ) -> tuple[State, State, Any]:
     """Run every step of ``grid``; return the solution at every ``t_i``, the final state and,
-    with ``keep`` (one-segment grids), level 0 of a checkpointed gradient."""
+    with ``keep`` (one-segment grids), level 0 of a checkpointed gradient. ``hooks``: the field's
+    step callbacks (:mod:`mali_func.field._callbacks`; eager Python loops only)."""
     y0, outer = state[:n_out], _outer(loops, grid)
     stride = None if keep is None else keep.plan.stride(0)
 
@@ -59,6 +61,8 @@ def forward(
         def body(k: Any, inner: tuple[State, Any, Any]) -> tuple[State, Any, Any]:
             x, outs, rows = inner
             info = grid.at(seg, k)
+            if hooks is not None:
+                hooks.stepped(info.t, x[:n_out], info.h)
             new = scheme.step(field, info.t, info.h, x, params)
             if info.active is not None:
                 new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
@@ -93,6 +97,7 @@ def reverse(
     params: Params,
     time_grad: bool,
     unroll: int = 1,
+    hooks: Any = None,
 ) -> tuple[State, State, tuple[Tensor | None, ...], Tensor | None]:
     """Walk ``grid`` backwards from ``final`` with cotangent ``cot``.
 
@@ -112,6 +117,8 @@ def reverse(
             prev, a_prev, a_t, a_h, a_p = scheme.reverse(
                 field, info.t, info.h, x, a, params, time_grad=time_grad, vjp=vjp
             )
+            if hooks is not None:  # the step rebuilt: its start state is known
+                hooks.backward_step(info.t, prev[:n_out], info.h)
             if info.active is not None:
                 ok = info.active
                 prev = tuple(torch.where(ok, p, q) for p, q in zip(prev, x))

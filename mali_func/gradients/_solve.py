@@ -64,12 +64,16 @@ class Spec:
     budget: int | None = None  # its ``checkpoints``; None: the default of ``plan``
     unroll: int = 1  # steps per iteration of a compiled loop (``odeint(unroll=)``)
     fallback: Fallback | None = None  # MALI: recompute by checkpointing when the check fails
+    hooks: Any = None  # the field's step callbacks (eager only: mali_func.field._callbacks)
 
     def checkpointer(
         self, grid: Grid, params: Params, n_steps: int, budget: int | None = None
     ) -> Checkpointer:
+        """The checkpointer of ``gradient="checkpoint"`` (with the backward's callbacks) or, given
+        a ``budget``, of a fallback."""
         plan_ = plan(n_steps, self.budget if budget is None else budget)
-        return Checkpointer(self.loops, self.scheme, self.field, grid, params, plan_)
+        hooks = self.hooks if self.checkpoint else None
+        return Checkpointer(self.loops, self.scheme, self.field, grid, params, plan_, hooks)
 
     def fixed(
         self, t: Tensor, n: Tensor | None, params: Params
@@ -107,14 +111,16 @@ class Solve(torch.autograd.Function):
             grid, keep = spec.fixed(t, n, params)
             unroll = spec.unroll if keep is None else 1
             trajs, final, rows = forward(
-                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out, keep, unroll
-            )
+                spec.loops, spec.scheme, spec.field, grid, state0, params, spec.n_out, keep, unroll,
+                hooks=spec.hooks,
+            )  # fmt: skip
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
             return (*trajs, *unaliased(final[spec.n_out :], tensors), *(rows or ()))
         trajs, final, records, count, stats = control(
-            spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol
-        )
+            spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
+            hooks=spec.hooks,
+        )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
         return (
             *trajs,
@@ -164,7 +170,7 @@ class Solve(torch.autograd.Function):
         with spec.replay():
             state, cot_m, acc, grad_t = reverse(
                 spec.loops, spec.scheme, spec.field, grid, final, cot, g_out, params, time_grad,
-                unroll=spec.unroll,
+                unroll=spec.unroll, hooks=spec.hooks,
             )  # fmt: skip
         error = reconstruction_error(state, state0)
         fallback = spec.fallback

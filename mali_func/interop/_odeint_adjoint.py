@@ -8,10 +8,15 @@ from typing import Any
 
 from torch import Tensor
 
+from .._checks import UNCAPPED
 from .._integrate import integrate
 from .._odeint import TensorOrTuple
-from ..schemes import TABLEAUS
-from ._shorthands import expand
+from ..backends._mode import tracing
+from ..gradients._strategies import MALI
+from ..schemes import ADAPTIVE_METHODS, TABLEAUS
+from ..stepping._steps import Adaptive, Fixed
+from ._compat import FIXED_GRID_METHODS
+from ._shorthands import expand, replaced
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
 
@@ -35,26 +40,51 @@ def odeint_adjoint(
     coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
     coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
     argument of :func:`odeint` is accepted."""
-    # The defaults are decided on odeint's expanded keywords, so the objects (steps=Fixed(...),
-    # gradient=MALI(), method=<scheme>) and their shorthands are read alike.
+    # The defaults are decided before the shorthands are folded into objects, so that
+    # checkpoints=4 configures the default Checkpoint() of a plain Runge-Kutta method.
     args, stats = kwargs.pop("args", ()), kwargs.pop("stats", False)
-    gradient_given = "gradient" in kwargs
-    options_ = expand(
-        "odeint_adjoint", rtol=rtol, atol=atol, method=method, steps=kwargs.pop("steps", None),
-        gradient=kwargs.pop("gradient", "mali"), keywords=kwargs,
-    )  # fmt: skip
-    fixed = any(options_.get(k) is not None for k in ("n_steps", "step_size")) or (
-        isinstance(options, Mapping) and "step_size" in options
+    gradient = kwargs.pop("gradient", None)
+    plain = "coupling" not in kwargs and (
+        (isinstance(method, str) and method in TABLEAUS)
+        or (method is None and kwargs.get("scheme") is None and TORCHDIFFEQ_METHOD in TABLEAUS)
     )
-    if options_["method"] is None and options_.get("scheme") is None:
-        options_["method"] = TORCHDIFFEQ_METHOD
-    if options_["method"] in TABLEAUS and "coupling" not in options_:
-        if not gradient_given:
-            options_["gradient"] = "checkpoint"
-        if options_["gradient"] != "mali":
-            options_["coupling"] = None
-    if not fixed:
+    if gradient is None:
+        gradient = "checkpoint" if plain else "mali"
+    solve = expand(
+        "odeint_adjoint", rtol=rtol, atol=atol, method=method, steps=kwargs.pop("steps", None),
+        gradient=gradient, keywords=kwargs,
+    )  # fmt: skip
+    if solve["method"] is None and solve.get("scheme") is None:
+        solve["method"] = TORCHDIFFEQ_METHOD
+    if plain and not isinstance(solve["gradient"], MALI):
+        solve["coupling"] = None
+    # torchdiffeq's fixed grids (options' step_size or grid_constructor, or a fixed method
+    # stepping along t) ignore its tolerances, which here refuse a fixed grid: dropped.
+    keys = options if isinstance(options, Mapping) else {}
+    spelled = "step_size" in keys or "grid_constructor" in keys
+    spelled = spelled or (solve["steps"] is None and solve["method"] in FIXED_GRID_METHODS)
+    if spelled:
+        solve["rtol"] = solve["atol"] = None
+    elif not isinstance(solve["steps"], Fixed):
+        solve["steps"] = _uncapped(solve, keys)
         for name, default in (("rtol", TORCHDIFFEQ_RTOL), ("atol", TORCHDIFFEQ_ATOL)):
-            if options_[name] is None:  # not given, as a parameter or in Adaptive(...)
-                options_[name] = default
-    return integrate(func, y0, t, options=options, args=args, stats=stats, **options_)
+            if solve[name] is None:  # not given, as a parameter or in Adaptive(...)
+                solve[name] = default
+    return integrate(func, y0, t, options=options, args=args, stats=stats, **solve)
+
+
+def _uncapped(solve: dict[str, Any], options: Mapping[str, Any]) -> Any:
+    """Adaptive steps without torchdiffeq's absent cap lowered: in eager code ``max_steps``
+    defaults to :data:`~mali_func._checks.UNCAPPED` (compiled and exported solves keep 10,000,
+    which sizes their loops)."""
+    steps = solve["steps"]
+    adapts = (
+        isinstance(steps, Adaptive)
+        or solve.get("scheme") is not None
+        or (solve["method"] in ADAPTIVE_METHODS)
+    )
+    if tracing() or not adapts or "max_num_steps" in options:
+        return steps
+    if steps is None:
+        return Adaptive(max_steps=UNCAPPED)
+    return steps if steps.max_steps is not None else replaced(steps, max_steps=UNCAPPED)

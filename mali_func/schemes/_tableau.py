@@ -11,8 +11,9 @@ so that one step is :math:`y' = y + \Psi_h(t, y)`. An embedded row :math:`\hat b
 local error estimate :math:`e = h \sum_i (b_i - \hat b_i) k_i` of order ``error_order``. The stage
 loop is a Python loop over the (few, static) stages, so it traces under ``torch.compile`` and
 export like any other code. Coefficients are the published ones: Runge's midpoint and Heun's
-method (also with Euler's as an embedded estimate), Heun's third-order method, Euler's method,
-Bogacki & Shampine (1989), the classic fourth-order method, Dormand & Prince (1980),
+method (also with Euler's as an embedded estimate; ``heun2`` is torchdiffeq's name for it),
+Fehlberg's RK1(2) pair (1969), Heun's third-order method, Euler's method, Bogacki & Shampine
+(1989), the classic fourth-order method and Kutta's 3/8 rule, Dormand & Prince (1980),
 Tsitouras (2011).
 """
 
@@ -181,6 +182,7 @@ def _embedded(b: tuple[float, ...], b_hat: tuple[float, ...]) -> tuple[float, ..
 EULER = ButcherTableau("euler", ((),), (1.0,), (0.0,), order=1)
 MIDPOINT = ButcherTableau("midpoint", ((), (0.5,)), (0.0, 1.0), (0.0, 0.5), order=2)
 HEUN = ButcherTableau("heun", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), order=2)
+HEUN2 = ButcherTableau("heun2", HEUN.a, HEUN.b, HEUN.c, order=2)  # torchdiffeq's name for it
 # Heun's method with Euler's as the embedded estimate (first order): torchdiffeq's adaptive_heun.
 ADAPTIVE_HEUN = ButcherTableau(
     "adaptive_heun", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), order=2,
@@ -205,6 +207,25 @@ RK4 = ButcherTableau(
     (1 / 6, 1 / 3, 1 / 3, 1 / 6),
     (0.0, 1 / 2, 1 / 2, 1.0),
     order=4,
+)
+# Kutta's 3/8 rule (1901): torchdiffeq's rk4_alt.
+RK4_ALT = ButcherTableau(
+    "rk4_alt",
+    ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    (1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    (0.0, 1 / 3, 2 / 3, 1.0),
+    order=4,
+)
+# Fehlberg's RK1(2) pair (NASA TR R-315, 1969), propagating the second-order solution with the
+# first-order one as the embedded estimate, as torchdiffeq's fehlberg2.
+FEHLBERG2 = ButcherTableau(
+    "fehlberg2",
+    ((), (1 / 2,), (1 / 256, 255 / 256)),
+    (1 / 512, 255 / 256, 1 / 512),
+    (0.0, 1 / 2, 1.0),
+    order=2,
+    b_error=_embedded((1 / 512, 255 / 256, 1 / 512), (1 / 256, 255 / 256, 0.0)),
+    error_order=1,
 )
 _DOPRI_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
 DOPRI5 = ButcherTableau(
@@ -268,10 +289,9 @@ TSIT5 = ButcherTableau(
     error_order=4,
 )
 
-TABLEAUS = {
-    tab.name: tab
-    for tab in (EULER, MIDPOINT, HEUN, ADAPTIVE_HEUN, HEUN3, BOSH3, RK4, DOPRI5, TSIT5)
-}
+_ALL = (EULER, MIDPOINT, HEUN, HEUN2, ADAPTIVE_HEUN, FEHLBERG2, HEUN3, BOSH3, RK4, RK4_ALT,
+        DOPRI5, TSIT5)  # fmt: skip
+TABLEAUS = {tab.name: tab for tab in _ALL}
 
 
 def tableau_named(tableau: object) -> object:

@@ -7,7 +7,7 @@ output time keeps the proposal it was cut from for the step after it, so an outp
 most the one step it splits in two, and a proposal less than 10% short of an output time is
 stretched to land on it (no sliver step).
 
-A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 16 ulps of
+A solve fails when ``max_steps`` trials are not enough, when a rejected step is below 4 ulps of
 the time (underflow; a non-finite trial has a NaN error and is rejected until then), or when the
 solution blows up closer to a singularity than ``rtol`` resolves
 (:func:`mali_func.stepping._blowup.blow_up`).
@@ -21,7 +21,7 @@ under ``vmap``, where each sample's backward skips its own rejected trials).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ from ..backends._loops import Loops
 from ..backends._mode import is_concrete
 from ..schemes import ALF, Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
-from ._controllers import Tolerances, checked_proposal, initial_step, rms_norm
+from ._controllers import Tolerances, checked_proposal, error_norm, initial_step
 from ._grid import Records, buffers, span, write_row
 
 STRETCH = 1.1
@@ -101,8 +101,10 @@ def control(
     params: Params,
     n_out: int,
     tol: Tolerances,
+    hooks: Any = None,
 ) -> tuple[State, State, Records, Tensor | int, SolveStats]:
     """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats.
+    ``hooks``: the field's step callbacks (eager only, :mod:`mali_func.field._callbacks`).
 
     A failure (``max_steps`` trials, or the step size underflows) raises :class:`RuntimeError`
     in plain eager code; otherwise the outputs are NaN and ``stats.failed`` is set.
@@ -111,6 +113,7 @@ def control(
     m, order, eps = t.shape[0] - 1, scheme.error_order, torch.finfo(t.dtype).eps
     y0 = state[:n_out]
     hmag = initial_step(field, t[0], y0, params, tol, order).abs()
+    hmag = hmag.clamp(tol.min_step, tol.max_step)
     n_first = 0 if tol.first_step is not None else 2  # the evaluations of initial_step
     zero = torch.zeros((), dtype=torch.long, device=t.device)
     zero_t = torch.zeros_like(t[0])
@@ -140,14 +143,22 @@ def control(
         reach = carry.hmag * STRETCH >= remaining * dt.abs()
         theta = torch.where(reach, remaining, carry.hmag / dt.abs())
         tk, h = ti + carry.c * dt, theta * dt
+        live = hooks is not None and bool(active)  # not the trials run past the end
+        if live:
+            hooks.trial(tk, carry.state[:n_out], h)
         new, err = scheme.step_with_error(field, tk, h, carry.state, params)
-        e = rms_norm(err, carry.state[:n_out], new[:n_out], tol.rtol, tol.atol)
+        e = error_norm(tol, err, carry.state[:n_out], new[:n_out])
         h_tried = theta * dt.abs()
         accept, h_next, memory = checked_proposal(
             ctrl, ctrl.propose(carry.memory, e, h_tried, order), h_tried
         )
+        # min_step: a step that small is taken whatever its error; the proposals are bounded.
+        accept = accept | (h_tried <= tol.min_step)
+        h_next = h_next.clamp(tol.min_step, tol.max_step)
         ok = active & accept
-        tiny = h.abs() <= 16 * eps * torch.maximum(tk.abs(), dt.abs())
+        if live:
+            hooks.decided(tk, carry.state[:n_out], h, ok)
+        tiny = h.abs() <= 4 * eps * torch.maximum(tk.abs(), dt.abs())
         growth, pole_near = blow_up(
             carry.growth, log_norm(new[:n_out]), (tk - t[0]).abs(), h.abs(), tol.rtol
         )
@@ -191,32 +202,38 @@ def control(
     unfinished = carry.interval < m
     stats = carry.stats._replace(failed=carry.stats.failed | unfinished)
     if is_concrete(stats.failed) and bool(stats.failed):
-        ti, dt = span(t, carry.interval.clamp(max=m - 1))
-        reached = t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
-        if bool(carry.blew_up):
-            pole = t[0] + torch.sign(t[-1] - t[0]) * carry.growth.pole
-            cause = (
-                f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
-                "can resolve (a smaller rtol resolves it further)"
-            )
-        elif not bool(torch.isfinite(carry.hmag)):
-            cause = (
-                f"the controller {type(ctrl).__name__} proposed a step size that is not finite "
-                "and positive (NaN, infinite, zero or negative)"
-            )
-        elif bool(unfinished) and not bool(carry.stats.failed):
-            cause = f"max_steps={tol.max_steps} trial steps were not enough"
-        else:
-            cause = "the step size underflowed (the problem may be stiff or singular there)"
-        if isinstance(scheme, ALF) and not bool(carry.blew_up):
-            cause += f"; {ALF_HINT}"
-        raise RuntimeError(
-            f"adaptive solve failed at t = {float(reached):.6g} of "
-            f"[{float(t[0]):.6g}, {float(t[-1]):.6g}]: {cause}"
-        )
+        _raise_failure(carry, t, tol, scheme)
     final = carry.state[:n_out]
     outputs = tuple(
         torch.where(stats.failed, float("nan"), torch.cat([o[:-1], y.unsqueeze(0)]))
         for o, y in zip(carry.outputs, final)
     )
     return outputs, carry.state, Records(*columns), count, stats
+
+
+def _raise_failure(carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleScheme) -> None:
+    """The :class:`RuntimeError` of a failed eager solve, naming where and why it stopped."""
+    m = t.shape[0] - 1
+    ti, dt = span(t, carry.interval.clamp(max=m - 1))
+    reached = t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
+    if bool(carry.blew_up):
+        pole = t[0] + torch.sign(t[-1] - t[0]) * carry.growth.pole
+        cause = (
+            f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
+            "can resolve (a smaller rtol resolves it further)"
+        )
+    elif not bool(torch.isfinite(carry.hmag)):
+        cause = (
+            f"the controller {type(tol.controller).__name__} proposed a step size that is not "
+            "finite and positive (NaN, infinite, zero or negative)"
+        )
+    elif bool(carry.interval < m) and not bool(carry.stats.failed):
+        cause = f"max_steps={tol.max_steps} trial steps were not enough"
+    else:
+        cause = "the step size underflowed (the problem may be stiff or singular there)"
+    if isinstance(scheme, ALF) and not bool(carry.blew_up):
+        cause += f"; {ALF_HINT}"
+    raise RuntimeError(
+        f"adaptive solve failed at t = {float(reached):.6g} of "
+        f"[{float(t[0]):.6g}, {float(t[-1]):.6g}]: {cause}"
+    )

@@ -19,6 +19,8 @@ field evaluations, or ``first_step``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -141,11 +143,26 @@ class Tolerances:
     first_step: float | None
     controller: Controller = field(default_factory=IntegralController)
     check_every: int = 8
+    min_step: float = 0.0  # a step this small is accepted whatever its error
+    max_step: float = math.inf
+    norm: Callable[[State], Tensor] | None = None  # of the scaled error; None: rms_norm
 
 
 def _wide(x: Tensor) -> Tensor:
     """Half precisions measured in float32: their squares overflow float16 at 256."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def error_norm(tol: Tolerances, err: State, before: State, after: State) -> Tensor:
+    """The error of a step against the tolerances: :func:`rms_norm`, or the user's ``norm`` of
+    the scaled error."""
+    if tol.norm is None:
+        return rms_norm(err, before, after, tol.rtol, tol.atol)
+    scaled = tuple(
+        e / (tol.atol + tol.rtol * torch.maximum(a.abs(), b.abs()))
+        for e, a, b in zip(err, before, after)
+    )
+    return tol.norm(scaled)
 
 
 def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) -> Tensor:

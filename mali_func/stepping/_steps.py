@@ -10,14 +10,17 @@ error estimate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torch import Tensor
 
 from ._controllers import Controller
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Fixed:
     """A fixed grid: ``n`` equal steps in every interval of ``t`` (or one count per interval),
     or ``ceil(|dt| / size)`` equal steps per interval.
@@ -37,22 +40,30 @@ class Fixed:
             raise ValueError(
                 f"Fixed needs exactly one of n and size, got n={self.n!r}, size={self.size!r}"
             )
+        u = self.unroll
+        if isinstance(u, bool) or not isinstance(u, int) or u < 1:
+            raise ValueError(
+                f"unroll must be an int >= 1 (steps per compiled loop iteration), got {u!r}"
+            )
 
-    def keywords(self) -> dict[str, Any]:
-        return {"n_steps": self.n, "step_size": self.size, "unroll": self.unroll}
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Adaptive:
     """Adaptive steps under error control (the default when no fixed grid is given).
 
     Args:
         rtol: relative tolerance (default 1e-3), mixed RMS norm.
         atol: absolute tolerance (default 1e-6).
-        max_steps: the most trial steps (default 10,000).
+        max_steps: the most trial steps (default: no cap eagerly; 10,000 compiled or exported).
         first_step: the first step size; by default the Hairer-Wanner estimate.
         controller: accepts steps and proposes the next size (:class:`~mali_func.Controller`);
             by default :class:`~mali_func.IntegralController`.
+        min_step: the smallest step size: a step this small is accepted whatever its error
+            (torchdiffeq's ``min_step``; default 0).
+        max_step: the largest step size (default unbounded).
+        norm: the error norm, called on the scaled error ``err / (atol + rtol max(|y|, |y'|))``
+            (a tensor, or a tuple for a tuple state) and returning a scalar; by default the RMS
+            norm over every component (torchdiffeq's ``norm``).
     """
 
     rtol: float | None = None
@@ -60,10 +71,23 @@ class Adaptive:
     max_steps: int | None = None
     first_step: float | None = None
     controller: Controller | None = None
-
-    def keywords(self) -> dict[str, Any]:
-        return {"rtol": self.rtol, "atol": self.atol, "max_steps": self.max_steps,
-                "first_step": self.first_step, "controller": self.controller}  # fmt: skip
+    min_step: float | None = None
+    max_step: float | None = None
+    norm: Callable[[Any], Tensor] | None = None
 
 
 Steps = Fixed | Adaptive
+
+
+def brief_repr(obj: Any) -> str:
+    """``Name(field=value, ...)`` with the fields that differ from their defaults only."""
+    parts = [
+        f"{f.name}={getattr(obj, f.name)!r}"
+        for f in dataclasses.fields(obj)
+        if getattr(obj, f.name) is not f.default and getattr(obj, f.name) != f.default
+    ]
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+Fixed.__repr__ = brief_repr  # type: ignore[method-assign]
+Adaptive.__repr__ = brief_repr  # type: ignore[method-assign]
