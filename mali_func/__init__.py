@@ -16,6 +16,7 @@ from .gradients._drift import (
 )
 from .gradients._strategies import MALI, Backprop, Checkpoint
 from .interop._odeint_adjoint import odeint_adjoint
+from .interop._odeint_event import odeint_event
 from .interop._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
 from .stepping._control import SolveStats
@@ -48,6 +49,7 @@ __all__ = [
     "SolveStats",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "prepare_for_opacus",
 ]
 __version__ = "0.1.0"

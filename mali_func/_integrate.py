@@ -25,6 +25,7 @@ from ._checks import (
     check_y0,
 )
 from ._dispatch import dispatch
+from ._events import solve_until_event
 from .backends import _mode
 from .backends._traced_transforms import check_per_sample
 from .field._callbacks import callbacks_of
@@ -69,6 +70,15 @@ def integrate(
     ``torchdiffeq``; documented there."""
     state, tuple_state = check_y0(y0)
     t = check_t(t, state[0])
+    event_fn = torchdiffeq.pop("event_fn", None)
+    if event_fn is not None:  # torchdiffeq's terminal event: (event_t, solution)
+        if stats:
+            raise ValueError("stats=True with event_fn is not supported; the result is (t, y)")
+        rest = None if options is None else {k: v for k, v in options.items() if k != "interp"}
+        kwargs = dict(rtol=rtol, atol=atol, method=method, options=rest, steps=steps,
+                      gradient=gradient, scheme=scheme, eta=eta, coupling=coupling, args=args,
+                      **torchdiffeq)  # fmt: skip
+        return solve_until_event(integrate, func, y0, t, event_fn, kwargs, tuple(args))
     wide = widened(func, y0, t, options) if t.shape[0] > 1 else None
     if wide is not None:  # torchdiffeq's jump_t, step_t, grid_constructor: a wider solve
         times, rows, rest = wide
@@ -110,10 +120,11 @@ def integrate(
         check_replayable(func, gradient)
     bound, start, n_init = start_checked(func, bound, scheme, t, state, engine=gradient.engine)
     floor = FIXED_ATOL if tol is None else tol.atol
+    hooks = callbacks_of(func, tuple_state, adaptive=counts is None)
     with bound.frozen():  # one spectral-norm power iteration per solve: the first evaluation's
         trajectories, solve_stats, final = dispatch(
             _mode.current(), scheme, bound, t, start, len(state), counts, tol, gradient,
-            1 if fixed is None else fixed.unroll, checked_by, callbacks_of(func, tuple_state),
+            1 if fixed is None else fixed.unroll, checked_by, hooks,
         )  # fmt: skip
     solve_stats = _stats(solve_stats, scheme, bound, t, counts, final, floor, n_init)
     solve_stats = solve_stats._replace(fallback=flag)

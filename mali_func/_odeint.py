@@ -66,7 +66,8 @@ def odeint(
             (:class:`~mali_func.CoupledRK`; McCallum & Foster 2024), or with ``coupling=None`` the
             plain step (:class:`~mali_func.RungeKutta`).
         options: torchdiffeq's options (:mod:`mali_func.interop._compat`): keys ``step_size``,
-            ``first_step``, ``max_num_steps``, and the controller's ``safety``, ``dfactor``,
+            ``first_step``, ``max_num_steps``, ``min_step``, ``max_step``, ``norm``, ``jump_t``,
+            ``step_t``, ``grid_constructor``, and the controller's ``safety``, ``dfactor``,
             ``ifactor``.
         steps: :class:`~mali_func.Fixed` (``n`` steps per interval, or a largest ``size``) or
             :class:`~mali_func.Adaptive` (error control; the default when no fixed grid is given).
@@ -79,12 +80,14 @@ def odeint(
         args: extra tensors passed to ``func`` and differentiated.
         stats: also return a :class:`SolveStats` (field evaluations, accepted and rejected steps,
             failure, fallback and parasitic-mode flags).
-        **shorthands: the keywords below, and torchdiffeq's ``event_fn`` (raises
-            :class:`NotImplementedError`), ``adjoint_params`` (checked and otherwise unneeded: every
-            tensor the field receives is differentiated) and ``adjoint_rtol``, ``adjoint_atol``,
-            ``adjoint_method``, ``adjoint_options`` (accepted and unused: MALI's backward replays
-            the forward steps). An unknown keyword raises ``TypeError``; a shorthand and an object
-            that set the same option raise ``TypeError``.
+        **shorthands: the keywords below, and torchdiffeq's ``event_fn`` (a terminal event:
+            the result is then ``(event_t, solution)``, see :func:`~mali_func.odeint_event`),
+            ``adjoint_params`` (a module's tensors and ``args`` are differentiated anyway; for a
+            plain function that closes over the listed tensors they are differentiated through
+            its reads, in eager code) and ``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method``,
+            ``adjoint_options`` (accepted and unused: MALI's backward replays the forward steps).
+            An unknown keyword raises ``TypeError``; a shorthand and an object that set the same
+            option raise ``TypeError``.
 
     Other Parameters:
         n_steps (int | Sequence[int]): shorthand for ``Fixed(n=...)``: equal steps in every interval

@@ -68,7 +68,7 @@ def f(t, y):
         ({"options": {"step_size": 0.1}}, ValueError, "options\\['step_size'\\] or n_steps"),
         ({"options": [("step_size", 0.1)]}, TypeError, "options must be a dict"),
         ({"method": "implicit_adams"}, ValueError, r"no reversible form.*'tsit5'"),
-        ({"event_fn": lambda t, y: t}, NotImplementedError, "event handling"),
+        ({"event_fn": lambda t, y: t}, ValueError, "event_fn does not depend on the state y"),
         ({"adjoint_params": torch.ones(2)}, TypeError, "adjoint_params must be a sequence"),
         ({"adjoint_params": 3}, TypeError, "adjoint_params must be a sequence of tensors.*got int"),
         ({"adjoint_params": [Y0, "w"]}, TypeError, r"adjoint_params\[1\] must be a tensor"),

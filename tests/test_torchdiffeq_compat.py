@@ -201,8 +201,8 @@ def test_gradient_matches_finite_differences_through_the_torchdiffeq_signature()
          ValueError, r"options\['step_size'\] or n_steps, not both"),
         (lambda f, y, t: odeint_adjoint(f, y, t, method="heun"), ValueError,
          r"cannot choose its steps: .*options=\{'step_size': h\}"),
-        (lambda f, y, t: odeint_adjoint(f, y, t, event_fn=lambda t, y: y.sum()),
-         NotImplementedError, "event_fn: event handling is not implemented"),
+        (lambda f, y, t: odeint_adjoint(f, y, t, event_fn=lambda t, y: y),
+         ValueError, "event_fn must return a scalar tensor"),
     ],
 )  # fmt: skip
 def test_bad_torchdiffeq_arguments_are_named(call, error: type, match: str) -> None:

@@ -145,6 +145,13 @@ def test_adaptive_callbacks_see_every_trial_and_its_decision(gradient: str) -> N
     assert counts["callback_step_adjoint"] == int(stats.n_accepted)
 
 
+def test_accept_and_reject_callbacks_on_a_fixed_grid_warn() -> None:
+    field = Net()
+    _counting(field, FORWARD)
+    with pytest.warns(CallbackWarning, match="callback_accept_step, callback_reject_step: a fix"):
+        odeint_adjoint(field, torch.ones(2, dtype=F64), [0.0, 1.0], method="rk4")
+
+
 def test_callbacks_under_a_transform_warn_that_they_do_not_run() -> None:
     field = Net()
     counts = _counting(field, FORWARD)

@@ -61,9 +61,10 @@ class Callbacks:
         self._call("callback_accept_step_adjoint", t, y, h)
 
 
-def callbacks_of(func: Any, tuple_state: bool) -> Callbacks | None:
+def callbacks_of(func: Any, tuple_state: bool, *, adaptive: bool = True) -> Callbacks | None:
     """The field's callbacks when they can run (plain eager code), else ``None`` (warning once
-    if it has some)."""
+    if it has some). On a fixed grid no step is rejected or accepted by a controller: accept
+    and reject callbacks warn there, as torchdiffeq's fixed solvers do."""
     if _mode.tracing():
         _has_callbacks_traced(func)  # warns once, while dynamo traces
         return None
@@ -77,6 +78,14 @@ def callbacks_of(func: Any, tuple_state: bool) -> Callbacks | None:
     if _mode.under_transform():
         _warn("a torch.func transform")
         return None
+    decided = sorted(n for n in found if n in NAMES[1:])
+    if decided and not adaptive:
+        warnings.warn(
+            f"func's {', '.join(decided)}: a fixed grid accepts every step without a controller, "
+            "so only callback_step (and callback_step_adjoint) are called",
+            CallbackWarning,
+            stacklevel=3,
+        )
     return Callbacks(found, tuple_state)
 
 

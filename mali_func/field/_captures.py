@@ -72,7 +72,8 @@ def _captured(field: Field, at: Tensor | None = None) -> TypeError:
         f"func reads a tensor that requires grad but is not passed explicitly{where}, so "
         "its gradient would be lost; pass such tensors as odeint(..., args=(tensor, ...)) and "
         "accept them as func(t, y, *args), or make func an nn.Module (a module closed over: "
-        "pass the module itself as func)"
+        "pass the module itself as func), or, in eager code, list them as torchdiffeq does: "
+        "adjoint_params=tuple(module.parameters())"
     )
 
 

@@ -71,17 +71,12 @@ def translate(
     options: Mapping[str, Any] | None,
     steps: Steps | None,
     *,
-    event_fn: Any = None,
     adjoint_params: Iterable[Any] | None = None,
     **unused: Any,
 ) -> Steps | None:
     """Check torchdiffeq's extra arguments; return ``steps`` with ``options`` folded in
     (``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method``, ``adjoint_options``: nothing to
     configure, MALI's backward replays the forward steps)."""
-    if event_fn is not None:
-        raise NotImplementedError(
-            "event_fn: event handling is not implemented in mali-func; solve to a fixed end time"
-        )
     if isinstance(method, str) and method in _NOT_REVERSIBLE:
         raise ValueError(
             f"method {method!r} (torchdiffeq) has no reversible form here: "

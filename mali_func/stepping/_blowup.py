@@ -15,7 +15,9 @@ moves the pole, so the relative condition number of ``y(s)`` with respect to ``y
 after the singularity, and the solve fails (eager code raises, naming the extrapolated ``T``).
 
 Exponential growth (constant ``g``), decay and rotation (``g <= 0``, or a fitted ``p`` below
-:data:`P_MIN`) are never flagged; a solution that is merely large is not either.
+:data:`P_MIN`) are never flagged; a solution that is merely large is not either, nor one whose
+norm grows steeply again after passing near zero (below the largest norm it had: a projectile
+past the top of its flight).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Growth(NamedTuple):
     rate: Tensor  # g over it (0 before the first step)
     mid: Tensor  # its midpoint s
     pole: Tensor  # the blow-up time s = T it extrapolates to (meaningful when flagged)
+    peak: Tensor  # the largest log ||y|| so far (y0's included)
 
 
 P_MIN = 0.1
@@ -71,5 +74,8 @@ def blow_up(
         & (rate > last.rate)
         & (last.rate * rate * ratio >= P_MIN)
         & (pole - (start + size) <= rtol * pole)
+        # A solution growing into a pole is at its largest so far; one rising again after a
+        # minimum of its norm (a ball past the top of its flight) is not.
+        & (log_norm_ >= last.peak)
     )
-    return Growth(log_norm_, rate, mid, pole), flagged
+    return Growth(log_norm_, rate, mid, pole, last.peak.maximum(log_norm_)), flagged

@@ -124,7 +124,9 @@ def control(
         c=torch.zeros_like(t[0]),
         hmag=hmag,
         memory=ctrl.init(hmag),
-        growth=Growth(log_norm(y0), zero_t, zero_t, torch.full_like(zero_t, torch.inf)),
+        growth=Growth(
+            log_norm(y0), zero_t, zero_t, torch.full_like(zero_t, torch.inf), log_norm(y0)
+        ),
         blew_up=torch.zeros_like(zero, dtype=torch.bool),
         stats=SolveStats(zero + n_first, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
     )

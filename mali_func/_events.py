@@ -1,0 +1,195 @@
+"""Terminal events: solve until ``event_fn(t, y)`` crosses zero, with exact event-time gradients.
+
+``odeint(func, y0, t, event_fn=g)`` (torchdiffeq's convention) integrates from ``t[0]`` in the
+direction of ``t[1]`` until ``g`` changes sign, and returns ``(event_t, solution)`` with
+``solution`` the states at ``t[0]`` and at the event. :func:`odeint_event` is torchdiffeq's
+wrapper with the same results.
+
+The event time is the root of ``F(tau) = g(tau, y(tau))`` where ``y(tau)`` is the discrete solve
+from ``t[0]`` to ``tau`` with the caller's method and gradient: a bracket is found on a solve
+with output times (growing windows), then refined by the Illinois method on ``F`` itself, to a
+few ulps of ``tau``. Its gradient comes from the implicit function theorem (as in Chen, Amos &
+Nickel, "Learning neural event functions for ordinary differential equations", ICLR 2021):
+
+    d tau / d theta = -(dg/dy . dy/dtheta) / (dg/dt + dg/dy . f(tau, y)),
+
+applied to the discrete solve, so MALI's (or checkpointing's) gradient of ``y(tau)`` carries over,
+and the state at the event moves with the event time, ``dy_e = dy/dtheta + f dtau``. Events need
+values of the solution on the host: eager code only (not under ``torch.compile``, export or
+:mod:`torch.func` transforms, which raise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backends._mode import tracing, under_transform
+
+WINDOW_OUTPUTS = 32
+"""Output times of each bracketing window."""
+MAX_WINDOWS = 12
+"""Windows, each four times as long as the last, before an event that never happens is reported
+(from a first window of ``|t[1] - t[0]|``: about 5.6 million times that span)."""
+MAX_REFINEMENTS = 60
+
+
+def solve_until_event(
+    solve: Callable[..., Any],
+    func: Any,
+    y0: Any,
+    t: Tensor,
+    event_fn: Any,
+    kwargs: dict[str, Any],
+    args: tuple[Tensor, ...] = (),
+) -> tuple[Tensor, Any]:
+    """``(event_t, solution)`` for ``solve(func, y0, times, **kwargs)`` stopped by ``event_fn``
+    (``args``: what ``func`` receives after ``y``)."""
+    _check(event_fn, t)
+    tuple_state = isinstance(y0, (tuple, list))
+    t0 = t[0]
+    span = float((t[1] - t[0]).detach())
+    if span == 0.0:
+        raise ValueError("with event_fn, t[1] must differ from t[0]: it gives the direction")
+
+    def state_at(tau: float, grad: bool = False) -> Any:
+        times = torch.stack([t0 if grad else t0.detach(), t0.new_tensor(tau)])
+        ys = solve(func, y0, times, **kwargs)
+        return tuple(y[-1] for y in ys) if tuple_state else ys[-1]
+
+    def value(tau: float, y: Any) -> float:
+        out = _event_value(event_fn, t0.new_tensor(tau), y)
+        return float(out)
+
+    _check_depends(event_fn, t0, y0, tuple_state)
+    with torch.no_grad():
+        start = float(t0.detach())
+        sign0 = math.copysign(1.0, value(start, _detached(y0)))
+        lo, hi = _bracket(solve, func, y0, t0, span, event_fn, sign0, tuple_state, kwargs)
+        tau = _illinois(lambda s: sign0 * value(s, state_at(s)), lo, hi)
+    y_star = state_at(tau, grad=True)
+    field = (lambda s, y: func(s, y, *args)) if args else func
+    return _rerouted(field, event_fn, t0.new_tensor(tau), y_star, y0, tuple_state)
+
+
+def _check(event_fn: Any, t: Tensor) -> None:
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
+    if tracing() or under_transform():
+        raise NotImplementedError(
+            "event_fn: events are found in eager code only (the event time is searched on the "
+            "host); under torch.compile, export or a torch.func transform solve to a fixed end "
+            "time, or call the event solve eagerly (per sample, in a loop, under vmap)"
+        )
+    if t.ndim != 1 or t.shape[0] < 2:
+        raise ValueError("with event_fn, t must hold t0 and a second time giving the direction")
+
+
+def _check_depends(event_fn: Any, t0: Tensor, y0: Any, tuple_state: bool) -> None:
+    """An event function must read the state (one of the time alone marks a fixed time)."""
+    parts = tuple(y0) if tuple_state else (y0,)
+    with torch.enable_grad():
+        leaves = tuple(p.detach().requires_grad_() for p in parts)
+        g = _event_value(event_fn, t0.detach(), leaves if tuple_state else leaves[0])
+        if not g.requires_grad or all(
+            d is None for d in torch.autograd.grad(g, leaves, allow_unused=True)
+        ):
+            raise ValueError(
+                "event_fn does not depend on the state y, so it marks a fixed time, not an "
+                "event; put that time into t instead"
+            )
+
+
+def _detached(y: Any) -> Any:
+    return tuple(x.detach() for x in y) if isinstance(y, (tuple, list)) else y.detach()
+
+
+def _event_value(event_fn: Any, tau: Tensor, y: Any) -> Tensor:
+    out = event_fn(tau, y)
+    if not isinstance(out, Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"event_fn must return a scalar tensor (one event), got {shape}")
+    return out.reshape(())
+
+
+def _bracket(
+    solve: Any, func: Any, y0: Any, t0: Tensor, span: float, event_fn: Any, sign0: float,
+    tuple_state: bool, kwargs: dict[str, Any],
+) -> tuple[float, float]:  # fmt: skip
+    """The first pair of output times between which ``event_fn`` changes sign, on solves over
+    growing windows from ``t0``."""
+    start, length = float(t0.detach()), span
+    for _ in range(MAX_WINDOWS):
+        times = start + torch.linspace(0.0, length, WINDOW_OUTPUTS + 1, dtype=torch.float64)
+        times_t = times.to(dtype=t0.dtype, device=t0.device)
+        ys = solve(func, y0, times_t, **kwargs)
+        for i in range(1, WINDOW_OUTPUTS + 1):
+            y = tuple(c[i] for c in ys) if tuple_state else ys[i]
+            if sign0 * float(_event_value(event_fn, times_t[i], y)) <= 0:
+                return float(times_t[i - 1]), float(times_t[i])
+        length *= 4
+    end = start + length / 4
+    raise RuntimeError(
+        f"event_fn did not cross zero between t = {start:g} and t = {end:g} (its sign at t0 was "
+        f"{'+' if sign0 > 0 else '-'}): no event to stop at; check event_fn, or solve to a "
+        "fixed end time"
+    )
+
+
+def _illinois(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """The root of ``f`` in ``[lo, hi]`` (``f(lo) > 0 >= f(hi)``), to a few ulps."""
+    f_lo, f_hi = f(lo), f(hi)
+    if f_hi == 0:
+        return hi
+    side = 0
+    for _ in range(MAX_REFINEMENTS):
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
+        if not (min(lo, hi) < mid < max(lo, hi)):
+            mid = 0.5 * (lo + hi)
+        f_mid = f(mid)
+        if f_mid == 0:
+            return mid
+        if f_mid > 0:
+            lo, f_lo = mid, f_mid
+            f_hi = f_hi / 2 if side == -1 else f_hi
+            side = -1
+        else:
+            hi, f_hi = mid, f_mid
+            f_lo = f_lo / 2 if side == 1 else f_lo
+            side = 1
+        if abs(hi - lo) <= 4 * math.ulp(max(abs(lo), abs(hi))):
+            break
+    return hi  # the side past the event: g has crossed there
+
+
+def _rerouted(
+    func: Any, event_fn: Any, tau: Tensor, y_star: Any, y0: Any, tuple_state: bool
+) -> tuple[Tensor, Any]:
+    """The event time and state with the implicit function theorem's gradient."""
+    parts = tuple(y_star) if tuple_state else (y_star,)
+    with torch.enable_grad():
+        t_leaf = tau.detach().requires_grad_()
+        y_leaf = tuple(p.detach().requires_grad_() for p in parts)
+        g = _event_value(event_fn, t_leaf, y_leaf if tuple_state else y_leaf[0])
+        f = func(t_leaf, y_leaf if tuple_state else y_leaf[0])
+        f = tuple(f) if tuple_state else (f,)
+        dg = torch.autograd.grad(g, (t_leaf, *y_leaf), allow_unused=True)
+    g_dot = (0.0 if dg[0] is None else dg[0]) + sum(
+        (d * v.detach()).sum() for d, v in zip(dg[1:], f) if d is not None
+    )
+    if not isinstance(g_dot, Tensor) or not bool(g_dot != 0):
+        raise ValueError(
+            "event_fn: its value does not change along the solution at the event "
+            "(d event_fn / dt = 0 there), so the event time has no gradient; an event function "
+            "must depend on the state or the time"
+        )
+    g_live = _event_value(event_fn, tau, y_star)
+    event_t = tau - (g_live - g_live.detach()) / g_dot.detach()
+    moved = tuple(p + v.detach() * (event_t - tau) for p, v in zip(parts, f))
+    first = tuple(y0) if tuple_state else (y0,)
+    solution = tuple(torch.stack([a, b]) for a, b in zip(first, moved))
+    return event_t, solution if tuple_state else solution[0]
