@@ -35,7 +35,7 @@ from .gradients._strategies import DEFAULT, Gradient
 from .interop._compat import FIXED_GRID_METHODS, translate
 from .interop._landings import on_grid_steps, rows_of, widened
 from .schemes import ReversibleScheme, State
-from .schemes._methods import COUPLING_DEFAULT, scheme_for
+from .schemes._methods import COUPLING_DEFAULT, perturbed, scheme_for
 from .stepping._control import SolveStats
 from .stepping._parasitic import parasitic
 from .stepping._steps import Fixed, Steps
@@ -91,6 +91,8 @@ def integrate(
         return rows_of(out, rows, tuple_state, stats)
     steps = translate(method, options, steps, **torchdiffeq)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
+    if isinstance(options, Mapping) and options.get("perturb"):
+        scheme = perturbed(scheme)
     if steps is None and method in FIXED_GRID_METHODS:
         steps = Fixed(n=1)  # torchdiffeq's convention: one step from each time of t to the next
     fixed = steps if isinstance(steps, Fixed) else None

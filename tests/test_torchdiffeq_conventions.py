@@ -287,7 +287,34 @@ def test_a_discontinuous_field_in_float32_finishes_as_in_float64() -> None:
     torch.testing.assert_close(single[-1].double(), double[-1], rtol=1e-5, atol=0)
 
 
-def test_perturb_is_refused_with_what_to_use() -> None:
-    with pytest.raises(ValueError, match=r"options\['perturb'\].*jump_t"):
-        odeint_adjoint(_decay, torch.ones(2), [0.0, 1.0], method="euler",
-                       options={"step_size": 0.5, "perturb": True})  # fmt: skip
+@pytest.mark.parametrize("gradient", ["checkpoint", "mali"])
+def test_perturb_keeps_every_evaluation_off_the_grid_times(gradient: str) -> None:
+    times: list[float] = []
+
+    def field(t: Tensor, x: Tensor) -> Tensor:
+        times.append(float(t))
+        return -x
+
+    x0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    xs = odeint_adjoint(field, x0, [0.0, 1.0], method="rk4", gradient=gradient,
+                        options={"step_size": 0.5, "perturb": True})  # fmt: skip
+    xs.sum().backward()
+    assert times and not {0.0, 0.5, 1.0} & set(times)
+
+
+def test_perturb_evaluates_a_jump_on_the_side_of_the_step() -> None:
+    def switch(t: Tensor, y: Tensor) -> Tensor:
+        return torch.ones_like(y) if t < 0.5 else torch.zeros_like(y)
+
+    y0 = torch.zeros(1, dtype=F64)
+    plain = odeint_adjoint(switch, y0, [0.0, 1.0], method="rk4", options={"step_size": 0.5})
+    exact = odeint_adjoint(switch, y0, [0.0, 1.0], method="rk4",
+                           options={"step_size": 0.5, "perturb": True})  # fmt: skip
+    assert float(exact[-1]) == pytest.approx(0.5, rel=1e-14)
+    assert float(plain[-1]) == pytest.approx(5 / 12, rel=1e-14)  # the last stage saw t = 0.5
+
+
+def test_perturb_is_refused_for_schemes_without_stage_times() -> None:
+    with pytest.raises(ValueError, match=r"options\['perturb'\] applies to the Runge-Kutta"):
+        odeint(_decay, torch.ones(2), [0.0, 1.0], method="alf",
+               options={"step_size": 0.5, "perturb": True})  # fmt: skip

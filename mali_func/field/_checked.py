@@ -43,13 +43,17 @@ def start_checked(
     engine: bool,
 ) -> tuple[BoundField, State, int]:
     """The field to step with, the scheme's start state, and the evaluations made so far
-    (``engine``: the gradient sees only the tensors passed to the solve)."""
+    (``engine``: the gradient sees only the tensors passed to the solve). A scheme whose
+    tableau perturbs its stage times is checked one ulp after ``t[0]`` too."""
+    t0 = t[0]
+    if getattr(getattr(scheme, "tableau", None), "perturb", False):
+        t0 = t0 + (torch.nextafter(t0, t[1]) - t0).detach()
     attributes: dict[str, Tensor] = {}
     n_checks = 0  # field evaluations made by the checks, counted in the stats
     if getattr(bound.field, "declared", False):  # adjoint_params of a plain function
-        n_checks = check_declared(bound, t[0], state)
+        n_checks = check_declared(bound, t0, state)
     elif not isinstance(func, nn.Module):
-        n_checks = check_no_capture(bound, t[0], state)
+        n_checks = check_no_capture(bound, t0, state)
         if engine and _mode.current() is _mode.Mode.EAGER and torch.is_grad_enabled():
             if not _mode.under_transform():
                 bound = dataclasses.replace(bound, field=guard_captures(bound.field))
@@ -87,13 +91,13 @@ def start_checked(
         checked.append(True)
         return out
 
-    start = scheme.init(field_checked, t[0], state, bound.params)
+    start = scheme.init(field_checked, t0, state, bound.params)
     # One tensor twice among a solve's inputs (a field that returns its parameter as it is, kept
     # in the state): torch.compile refuses that, so each repeat becomes its own copy.
     start = tuple(unaliased(start, bound.params))
     if not checked:
-        field_checked(t[0], state, bound.params)
+        field_checked(t0, state, bound.params)
     n_init = len(checked) + n_checks  # evaluations before the steps, counted in the stats
     if module_check and _mode.current() is _mode.Mode.COMPILE:
-        check_module_detached(bound, t[0], state)
+        check_module_detached(bound, t0, state)
     return bound, start, n_init

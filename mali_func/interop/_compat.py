@@ -35,7 +35,8 @@ from ..stepping._controllers import Controller, IntegralController
 from ..stepping._steps import Adaptive, Fixed, Steps
 from ._landings import KEYS as LANDING_KEYS
 
-OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "min_step", "max_step", "norm")
+OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "min_step", "max_step", "norm",
+               "perturb")  # fmt: skip
 """The torchdiffeq ``options`` keys that map to ours, besides the controller's (and ``jump_t``,
 ``step_t``, ``grid_constructor``: :mod:`._landings`)."""
 ADAPTIVE_KEYS = ("first_step", "max_num_steps", "min_step", "max_step", "norm", "safety",
@@ -50,11 +51,6 @@ CONTROLLER_KEYS = {"safety": "safety", "dfactor": "min_factor", "ifactor": "max_
 """torchdiffeq's ``options`` keys of its step-size controller, and ours."""
 
 _REFUSED_OPTIONS = {
-    "perturb": (
-        "perturb (evaluating the field just past each step's start) is not supported; put the "
-        "discontinuity on the grid (a time of t, or options['grid_constructor']) or, adaptively, "
-        "in options['jump_t'], and give the field its right-hand value there"
-    ),
     "interp": "interp is not supported: outputs are steps that land on every t[i]",
 }
 _NOT_REVERSIBLE = {

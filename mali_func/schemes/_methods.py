@@ -9,6 +9,8 @@ reversible Heun method (no option); every Runge-Kutta name means the reversible 
 
 from __future__ import annotations
 
+import dataclasses
+
 from ._alf import ALF
 from ._coupled import CoupledRK
 from ._heun import ReversibleHeun
@@ -72,3 +74,16 @@ def scheme_for(
 
 def _unset(coupling: object) -> bool:
     return isinstance(coupling, _Default)
+
+
+def perturbed(scheme: ReversibleScheme) -> ReversibleScheme:
+    """``scheme`` with its stages at a step's ends evaluated one ulp inside the step
+    (torchdiffeq's ``options={"perturb": True}``): Runge-Kutta steps, plain or coupled."""
+    if isinstance(scheme, RungeKutta):
+        return RungeKutta(dataclasses.replace(scheme.tableau, perturb=True))
+    if isinstance(scheme, CoupledRK):
+        return CoupledRK(dataclasses.replace(scheme.tableau, perturb=True), scheme.coupling)
+    raise ValueError(
+        f"options['perturb'] applies to the Runge-Kutta methods, not to {scheme!r}; put the "
+        "discontinuity on the grid instead (a time of t)"
+    )

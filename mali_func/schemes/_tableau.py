@@ -40,6 +40,9 @@ class ButcherTableau:
         order: order of the solution.
         b_error: optional ``b - b_hat`` of an embedded pair (sums to 0).
         error_order: order of the embedded estimate (``order - 1`` if not given).
+        perturb: evaluate the stages at a step's ends one ulp inside the step (``c_i = 0`` just
+            after ``t``, ``c_i = 1`` just before ``t + h``), so a field with a jump at a grid
+            time is evaluated on the correct side of it (torchdiffeq's ``perturb`` option).
     """
 
     name: str
@@ -49,6 +52,7 @@ class ButcherTableau:
     order: int
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
+    perturb: bool = False
     _stability: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +102,15 @@ class ButcherTableau:
             r = r * w + c
         return r
 
+    def _stage_time(self, t: Tensor, h: Tensor, c: float) -> Tensor:
+        """``t + c h``; with ``perturb``, one ulp inside the step at its ends (the offset is a
+        constant of the gradient)."""
+        at = t + c * h
+        if self.perturb and c in (0.0, 1.0):
+            toward = t + h if c == 0.0 else t
+            at = at + (torch.nextafter(at, toward) - at).detach()
+        return at
+
     def increment(
         self, field: Field, t: Tensor, h: Tensor, y: State, params: Params, *, error: bool = False
     ) -> tuple[State, State | None]:
@@ -119,7 +132,7 @@ class ButcherTableau:
                 if a != 0.0:
                     yi = tuple(x + (a * h) * k for x, k in zip(yi, ks[j]))
             points.append(yi)
-            ks.append(field(t + self.c[i] * h, yi, params))
+            ks.append(field(self._stage_time(t, h, self.c[i]), yi, params))
         psi = _combine(self.b, ks, h)
         sigma = stage_contraction(points, ks, self.c) if rate and self.stages > 1 else None
         if not error:
