@@ -6,10 +6,12 @@ direction of ``t[1]`` until ``g`` changes sign, and returns ``(event_t, solution
 wrapper with the same results.
 
 The event time is the root of ``F(tau) = g(tau, y(tau))`` where ``y(tau)`` is the discrete solve
-from ``t[0]`` to ``tau`` with the caller's method and gradient: a bracket is found on a solve
-with output times (growing windows), then refined by the Illinois method on ``F`` itself, to a
-few ulps of ``tau``. Its gradient comes from the implicit function theorem (as in Chen, Amos &
-Nickel, "Learning neural event functions for ordinary differential equations", ICLR 2021):
+with the caller's method and gradient: a bracket ``[t_lo, t_hi]`` is found on solves with output
+times (windows growing fourfold, each from the last one's end), and the event solve is the solve
+from ``t[0]`` to ``t_lo`` followed by one from ``t_lo`` to ``tau``, whose ``F`` the Illinois
+method refines to a few ulps of ``tau``. Its gradient comes from the implicit function theorem
+(as in Chen, Amos & Nickel, "Learning neural event functions for ordinary differential
+equations", ICLR 2021):
 
     d tau / d theta = -(dg/dy . dy/dtheta) / (dg/dt + dg/dy . f(tau, y)),
 
@@ -34,7 +36,7 @@ WINDOW_OUTPUTS = 32
 """Output times of each bracketing window."""
 MAX_WINDOWS = 12
 """Windows, each four times as long as the last, before an event that never happens is reported
-(from a first window of ``|t[1] - t[0]|``: about 5.6 million times that span)."""
+(from a first window of ``|t[1] - t[0]|``: about 5.6 million times that span in all)."""
 MAX_REFINEMENTS = 60
 
 
@@ -56,22 +58,28 @@ def solve_until_event(
     if span == 0.0:
         raise ValueError("with event_fn, t[1] must differ from t[0]: it gives the direction")
 
-    def state_at(tau: float, grad: bool = False) -> Any:
-        times = torch.stack([t0 if grad else t0.detach(), t0.new_tensor(tau)])
-        ys = solve(func, y0, times, **kwargs)
+    def last(ys: Any) -> Any:
         return tuple(y[-1] for y in ys) if tuple_state else ys[-1]
 
+    def solve_from(y: Any, a: Tensor, b: float) -> Any:
+        if b == float(a.detach()):  # the bracket's own end: no step
+            return y
+        return last(solve(func, y, torch.stack([a, a.new_tensor(b)]), **kwargs))
+
     def value(tau: float, y: Any) -> float:
-        out = _event_value(event_fn, t0.new_tensor(tau), y)
-        return float(out)
+        return float(_event_value(event_fn, t0.new_tensor(tau), y))
 
     _check_depends(event_fn, t0, y0, tuple_state)
     with torch.no_grad():
         start = float(t0.detach())
         sign0 = math.copysign(1.0, value(start, _detached(y0)))
         lo, hi = _bracket(solve, func, y0, t0, span, event_fn, sign0, tuple_state, kwargs)
-        tau = _illinois(lambda s: sign0 * value(s, state_at(s)), lo, hi)
-    y_star = state_at(tau, grad=True)
+        # The event solve is the prefix to lo, then one solve from lo: refined on the second.
+        y_lo = _detached(y0) if lo == start else solve_from(_detached(y0), t0.detach(), lo)
+        t_lo = t0.new_tensor(lo)
+        tau = _illinois(lambda s: sign0 * value(s, solve_from(y_lo, t_lo, s)), lo, hi)
+    y_mid = y0 if lo == start else solve_from(y0, t0, lo)
+    y_star = solve_from(y_mid, t0 if lo == start else t_lo, tau)
     field = (lambda s, y: func(s, y, *args)) if args else func
     return _rerouted(field, event_fn, t0.new_tensor(tau), y_star, y0, tuple_state)
 
@@ -121,22 +129,21 @@ def _bracket(
     tuple_state: bool, kwargs: dict[str, Any],
 ) -> tuple[float, float]:  # fmt: skip
     """The first pair of output times between which ``event_fn`` changes sign, on solves over
-    growing windows from ``t0``."""
-    start, length = float(t0.detach()), span
+    windows growing fourfold, each from where the last one ended."""
+    start, length, y = float(t0.detach()), span, _detached(y0)
     for _ in range(MAX_WINDOWS):
         times = start + torch.linspace(0.0, length, WINDOW_OUTPUTS + 1, dtype=torch.float64)
         times_t = times.to(dtype=t0.dtype, device=t0.device)
-        ys = solve(func, y0, times_t, **kwargs)
+        ys = solve(func, y, times_t, **kwargs)
         for i in range(1, WINDOW_OUTPUTS + 1):
             y = tuple(c[i] for c in ys) if tuple_state else ys[i]
             if sign0 * float(_event_value(event_fn, times_t[i], y)) <= 0:
                 return float(times_t[i - 1]), float(times_t[i])
-        length *= 4
-    end = start + length / 4
+        start, length = float(times_t[-1]), length * 4
     raise RuntimeError(
-        f"event_fn did not cross zero between t = {start:g} and t = {end:g} (its sign at t0 was "
-        f"{'+' if sign0 > 0 else '-'}): no event to stop at; check event_fn, or solve to a "
-        "fixed end time"
+        f"event_fn did not cross zero between t = {float(t0):g} and t = {start:g} (its sign at "
+        f"t0 was {'+' if sign0 > 0 else '-'}): no event to stop at; check event_fn, or solve to "
+        "a fixed end time"
     )
 
 

@@ -229,6 +229,11 @@ def test_a_norm_is_called_on_the_state_as_torchdiffeq_calls_it() -> None:
     assert seen and all(isinstance(x, tuple) and len(x) == 2 for x in seen)
 
 
+def test_a_norm_that_returns_more_than_a_scalar_is_named() -> None:
+    with pytest.raises(TypeError, match=r"norm must return a scalar tensor \(0-dim\), got \(2,\)"):
+        odeint_adjoint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], options={"norm": torch.abs})
+
+
 def test_a_norm_that_ignores_a_component_lets_it_drift() -> None:
     def fast(t: Tensor, y: Tensor) -> Tensor:
         return torch.stack([-y[0], 50 * torch.cos(50 * t) * torch.ones_like(y[1])])

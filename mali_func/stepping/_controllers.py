@@ -162,7 +162,11 @@ def error_norm(tol: Tolerances, err: State, before: State, after: State) -> Tens
         e / (tol.atol + tol.rtol * torch.maximum(a.abs(), b.abs()))
         for e, a, b in zip(err, before, after)
     )
-    return tol.norm(scaled)
+    value = tol.norm(scaled)
+    if not isinstance(value, Tensor) or value.ndim != 0:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"norm must return a scalar tensor (0-dim), got {shape}")
+    return value
 
 
 def rms_norm(err: State, before: State, after: State, rtol: float, atol: float) -> Tensor:
