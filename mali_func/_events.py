@@ -62,9 +62,10 @@ def solve_until_event(
         return tuple(y[-1] for y in ys) if tuple_state else ys[-1]
 
     def solve_from(y: Any, a: Tensor, b: float) -> Any:
-        if b == float(a.detach()):  # the bracket's own end: no step
+        end = a.new_tensor(b)
+        if bool(end == a.detach()):  # the bracket's own end (in the times' dtype): no step
             return y
-        return last(solve(func, y, torch.stack([a, a.new_tensor(b)]), **kwargs))
+        return last(solve(func, y, torch.stack([a, end]), **kwargs))
 
     def value(tau: float, y: Any) -> float:
         return float(_event_value(event_fn, t0.new_tensor(tau), y))
