@@ -45,6 +45,19 @@ class CountingField(nn.Module):
         return out - self.damping * z if self.damping else out
 
 
+class SmallField(nn.Module):
+    """``f(t, z) = Linear(2,64)-tanh-Linear(64,2)(z)`` (seeded), without Python side effects: a
+    compiled ``while_loop`` body may not mutate Python state, so not :class:`CountingField`."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
 def core_problem(batch: int = 256) -> tuple[CountingField, Tensor]:
     """The anchors' problem: ``Linear(64,256)-tanh-Linear(256,64)``, float32, one thread."""
     torch.set_num_threads(1)

@@ -65,20 +65,11 @@ def _digits_step(method: str) -> tuple[Any, Callable[[], Any], Callable[[Any], A
 def _mlp_step(method: str) -> tuple[Any, Callable[..., Any], Callable[[Any], Any], Any]:
     """The compile benchmark's step (``benchmarks/extras.py``): no optimizer, gradients only."""
     import torch
-    from torch import nn
+    from _common import SmallField  # the benchmarks' 2-64-2 field (after torch's import)
 
     import mali_func
 
-    class Field(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2))
-
-        def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return self.net(z)
-
-    field = Field()
+    field = SmallField()
     torch.manual_seed(1)
     y0 = torch.randn(256, 2)
     t = torch.tensor([0.0, 1.0])

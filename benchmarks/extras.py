@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, fmt, md_table, run_child, save_json, timed, write
+from _common import RESULTS, SmallField, fmt, md_table, run_child, save_json, timed, write
 from extras_onnx import onnx_latency
 from extras_vmap import vmap_compiled, vmap_per_sample
-from torch import Tensor, nn
+from torch import Tensor
 
 Measure = Callable[[bool], dict[str, Any]]
 
@@ -62,21 +62,6 @@ class Row:
     baseline: str
     candidate: str
     measure: Measure | None = None
-
-
-class _MLPField(nn.Module):
-    """``f(t, z) = Linear(2,64)-tanh-Linear(64,2)(z)``, without Python side effects.
-
-    A compiled ``while_loop`` body may not mutate Python state, so not :class:`CountingField`.
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2))
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        return self.net(z)
 
 
 def _training_step(
@@ -100,7 +85,7 @@ def _training_step(
         from torch._dynamo.utils import counters
 
         torch.set_num_threads(1)
-        field = _MLPField()
+        field = SmallField()
         torch.manual_seed(1)
         y0 = torch.randn(256, 2)
         t = torch.tensor([0.0, 1.0])
