@@ -64,7 +64,7 @@ def f(t, y):
         ({"monitor": object()}, TypeError, "monitor must be a DriftMonitor"),
         ({"func": 3}, TypeError, "func must be callable"),
         ({"options": {"maxstep": 1.0}}, ValueError, r"unknown key 'maxstep'.*'max_num_steps'"),
-        ({"options": {"perturb": True}}, ValueError, r"options\['perturb'\].*not supported"),
+        ({"options": {"perturb": True}}, ValueError, r"options\['perturb'\] applies to the Runge"),
         ({"options": {"step_size": 0.1}}, ValueError, "options\\['step_size'\\] or n_steps"),
         ({"options": [("step_size", 0.1)]}, TypeError, "options must be a dict"),
         ({"method": "implicit_adams"}, ValueError, r"no reversible form.*'tsit5'"),

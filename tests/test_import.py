@@ -52,6 +52,7 @@ def test_public_surface_holds_no_internal_classes() -> None:
         "SolveStats",
         "odeint",
         "odeint_adjoint",
+        "odeint_event",
         "prepare_for_opacus",
     }
     assert set(mali_func.__all__) == expected
