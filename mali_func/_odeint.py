@@ -102,8 +102,8 @@ def odeint(
             step, i.e. a faster compiled step for a longer compile (README, *With torch.compile*).
             Eager solves ignore it.
         max_steps (int): shorthand for ``Adaptive(max_steps=...)``: most trial steps of an adaptive
-            solve (default: no cap in eager code, as torchdiffeq; 10,000 under ``torch.compile``
-            and export, whose loops are sized by it).
+            solve (default 10,000: a solve that cannot finish fails instead of running on;
+            :func:`~mali_func.odeint_adjoint` has no cap in eager code, as torchdiffeq).
         first_step (float): shorthand for ``Adaptive(first_step=...)``: the first adaptive step
             size; by default the Hairer-Wanner estimate.
         controller (Controller): shorthand for ``Adaptive(controller=...)``: what accepts adaptive

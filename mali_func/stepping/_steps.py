@@ -54,7 +54,8 @@ class Adaptive:
     Args:
         rtol: relative tolerance (default 1e-3), mixed RMS norm.
         atol: absolute tolerance (default 1e-6).
-        max_steps: the most trial steps (default: no cap eagerly; 10,000 compiled or exported).
+        max_steps: the most trial steps (default 10,000; no cap through
+            :func:`~mali_func.odeint_adjoint` in eager code, as torchdiffeq).
         first_step: the first step size; by default the Hairer-Wanner estimate.
         controller: accepts steps and proposes the next size (:class:`~mali_func.Controller`);
             by default :class:`~mali_func.IntegralController`.
