@@ -44,16 +44,12 @@ class Callbacks:
             fn(t, y if self.tuple_state else y[0], h)
 
     def trial(self, t: Tensor, y: tuple[Tensor, ...], h: Any) -> None:
-        """Before a step is tried."""
+        """Before a step is tried (every step of a fixed grid)."""
         self._call("callback_step", t, y, h)
 
     def decided(self, t: Tensor, y: tuple[Tensor, ...], h: Any, ok: Tensor | bool) -> None:
         """After the controller accepted (``ok``) or rejected the step."""
         self._call("callback_accept_step" if bool(ok) else "callback_reject_step", t, y, h)
-
-    def stepped(self, t: Tensor, y: tuple[Tensor, ...], h: Any) -> None:
-        """A fixed-grid step: tried and accepted."""
-        self.trial(t, y, h)
 
     def backward_step(self, t: Tensor, y: tuple[Tensor, ...], h: Any) -> None:
         """One step of the backward pass."""

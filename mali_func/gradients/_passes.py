@@ -62,7 +62,7 @@ def forward(
             x, outs, rows = inner
             info = grid.at(seg, k)
             if hooks is not None:
-                hooks.stepped(info.t, x[:n_out], info.h)
+                hooks.trial(info.t, x[:n_out], info.h)
             new = scheme.step(field, info.t, info.h, x, params)
             if info.active is not None:
                 new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))

@@ -193,8 +193,7 @@ class Backprop(_Strategy):
             return through_steps(problem)
         # Compiled adaptive solves: the engine's Function over the same accepted steps, its
         # reverse unchecked (README, With torch.compile).
-        tol = MALI().tolerance(problem.start[0].dtype)
-        return MALI(reconstruction_tol=tol, fallback=False).solve(problem)
+        return MALI(fallback=False).solve(problem)  # "auto": the dtype's default tolerance
 
 
 Gradient = MALI | Checkpoint | Backprop

@@ -46,9 +46,11 @@ def widened(
             "torch.compile, export or a torch.func transform: give them in eager code, or put "
             "the times into t"
         )
-    extra = [_times(options[k], k, t) for k in ("jump_t", "step_t") if k in options]
+    extra = []
     if "jump_t" in options:  # both sides of each jump, so no stage is evaluated on it
-        extra[0] = _sides(extra[0], t)
+        extra.append(_sides(_times(options["jump_t"], "jump_t", t), t))
+    if "step_t" in options:
+        extra.append(_times(options["step_t"], "step_t", t))
     if "grid_constructor" in options:
         extra.append(_grid(options["grid_constructor"], func, y0, t))
     rest = {k: v for k, v in options.items() if k not in KEYS}
