@@ -181,13 +181,18 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
+INTERPOLATE_DEFAULT = False
+"""Whether adaptive solves interpolate their interior output times by default."""
+
+
 def check_adaptive(
     adaptive: bool, rtol: Any, atol: Any, steps: Any = None, *, tuple_state: bool = False
 ) -> Tolerances | None:
     """The settings of an adaptive solve (``rtol``, ``atol`` and an :class:`Adaptive` ``steps``'
     fields); they are refused beside ``n_steps`` or ``step_size``. A ``norm`` is called on a
     tensor, or on a tuple for a tuple state (``tuple_state``), as torchdiffeq calls it."""
-    fields = ("max_steps", "first_step", "controller", "min_step", "max_step", "norm")
+    fields = ("max_steps", "first_step", "controller", "min_step", "max_step", "norm",
+              "interpolate")  # fmt: skip
     values = {f: getattr(steps, f, None) for f in fields}
     if not adaptive:
         options = (("rtol", rtol), ("atol", atol), *values.items())
@@ -238,7 +243,13 @@ def check_adaptive(
         raise TypeError(f"norm must be callable on the scaled error, got {type(norm).__name__}")
     if norm is not None and not tuple_state:
         norm = _on_tensor(norm)
-    return Tolerances(r, a, max_steps, first, controller, min_step=lo, max_step=hi, norm=norm)
+    interpolate = values["interpolate"]
+    if interpolate is None:
+        interpolate = INTERPOLATE_DEFAULT
+    if not isinstance(interpolate, bool):
+        raise TypeError(f"interpolate must be a bool, got {type(interpolate).__name__}")
+    return Tolerances(r, a, max_steps, first, controller, min_step=lo, max_step=hi, norm=norm,
+                      interpolate=interpolate)  # fmt: skip
 
 
 def _positive_or_inf(name: str, value: Any) -> float:

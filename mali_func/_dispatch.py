@@ -32,6 +32,7 @@ from .gradients._strategies import Gradient
 from .schemes import ReversibleScheme, State
 from .stepping._control import SolveStats, control
 from .stepping._controllers import Tolerances
+from .stepping._dense import interpolate
 from .stepping._grid import FlatGrid, UniformGrid
 
 
@@ -102,7 +103,11 @@ def _forward_only(
     to bind the Function then)."""
     field, params = bound.field, bound.params
     if tol is not None:
-        trajs, final, _, _, stats = control(loops, scheme, field, t, start, params, n_out, tol)
+        trajs, final, _, _, stats, rows = control(
+            loops, scheme, field, t, start, params, n_out, tol
+        )
+        if rows is not None:
+            trajs = interpolate(scheme, field, params, t, trajs, rows)
         if mode is _mode.Mode.EXPORT:  # while_loop's autograd is wrong: no gradient at all
             trajs = tuple(guard(x) for x in trajs)
         return trajs, stats, final

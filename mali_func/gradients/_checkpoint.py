@@ -208,7 +208,7 @@ class Checkpointer:
         a, acc, acc_t = carry
         infos = [self.grid.at(None, start + k) for k in range(size)]
         n_out = len(g_out)
-        pulls = [self._injected(info, g_out) for info in infos]
+        pulls = [self.grid.injection(info, g_out) for info in infos]
         starts: list[State] = []  # for the backward-step callbacks
 
         def run(x: State, ts: Tensor, hs: Tensor, params: Params) -> tuple[Tensor, ...]:
@@ -220,7 +220,7 @@ class Checkpointer:
                 if info.active is not None:
                     new = tuple(torch.where(info.active, u, v) for u, v in zip(new, x))
                 if pulls[k] is not None:
-                    total = total + sum((c * y).sum() for c, y in zip(pulls[k], new[:n_out]))
+                    total = total + sum((c * y).sum() for c, y in zip(pulls[k], new))
                 x = new
             return (*x, total)
 
@@ -242,15 +242,6 @@ class Checkpointer:
                 acc_t = self.grid.add_time_grad(acc_t, info, a_ts[k], a_hs[k])
         return a, acc, acc_t
 
-    def _injected(self, info: Any, g_out: State) -> State | None:
-        """The cotangent of the output recorded after a step (``None``: none is)."""
-        if info.ends is False:
-            return None
-        rows = tuple(take(g, info.i + 1) for g in g_out)
-        if info.ends is True:
-            return rows
-        return tuple(torch.where(info.ends, r, 0) for r in rows)
-
 
 def reverse_checkpointed(
     ck: Checkpointer, top: Any, cot: State, g_out: State, time_grad: bool
@@ -259,5 +250,4 @@ def reverse_checkpointed(
     acc_t = torch.zeros_like(ck.grid.t) if time_grad else None
     carry = (cot, ck.loops.accumulators(ck.params), acc_t)
     a, acc, acc_t = ck.back(0, top, 0, ck.grid.length(0), carry, g_out, time_grad)
-    a = (*(c + g[0] for c, g in zip(a, g_out)), *a[len(g_out) :])
-    return a, acc, acc_t
+    return ck.grid.at_start(a, 0, g_out), acc, acc_t

@@ -20,7 +20,8 @@ from ..backends._loops import PYTHON
 from ..backends._mode import tracing, under_transform
 from ..schemes import Params, State
 from ..stepping._control import SolveStats
-from ..stepping._grid import Grid, RecordedGrid, Records, UniformGrid
+from ..stepping._dense import DenseRows, interpolate
+from ..stepping._grid import DenseGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._passes import forward
 from ._solve import N_RECORDS, N_STATS, Solve, Spec
 
@@ -48,19 +49,23 @@ class ForwardModeSolve(Solve):
         _, t_dot, _, _, *dots = tangents
         count = None
         if spec.tol is not None:
-            count = records[-1] if spec.loops is not PYTHON else records[0].shape[0]
+            count = records[N_RECORDS] if spec.loops is not PYTHON else records[0].shape[0]
 
         def run(t_: Tensor, *tensors_: Tensor) -> tuple[Tensor, ...]:
             grid_: Grid
             if count is None:
                 grid_ = UniformGrid(t_, spec.counts if n is None else n)
+            elif spec.dense:
+                grid_ = DenseGrid(t_, Records(*records[:N_RECORDS]), count, records[N_RECORDS + 1])
             else:
-                grid_ = RecordedGrid(t_, Records(*records[:-1]), count)
+                grid_ = RecordedGrid(t_, Records(*records[:N_RECORDS]), count)
             state0, params = tensors_[: spec.n_state], tensors_[spec.n_state :]
             trajs, final, _ = forward(
                 spec.loops, spec.scheme, spec.field, grid_, state0, params, spec.n_out
             )
-            return (*trajs, *final[spec.n_out :])
+            # A dense grid's outputs: the two rows, then the interpolated outputs' rows.
+            ends, rows = trajs[: spec.n_out], trajs[spec.n_out :]
+            return (*ends, *final[spec.n_out :], *rows)
 
         primals = (t, *tensors)
         dots_ = tuple(
@@ -80,7 +85,7 @@ class ForwardModeSolve(Solve):
                 )
         if spec.tol is None:
             return (*out_dots, *(None for _ in range(spec.n_keep())))
-        return (*out_dots, *(None for _ in range(N_RECORDS + 1 + N_STATS)))
+        return (*out_dots, *(None for _ in range(N_RECORDS + 1 + spec.n_meta() + N_STATS)))
 
 
 def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0: State,
@@ -93,10 +98,13 @@ def solve(spec: Spec, t: Tensor, n: Tensor | None, probe: Tensor | None, state0:
     """
     function = Solve if tracing() else ForwardModeSolve
     out = function.apply(spec, t, n, probe, *state0, *params)
-    final = tuple(
-        x.detach() for x in (*(y[-1] for y in out[: spec.n_out]), *out[spec.n_out : spec.n_state])
-    )
-    trajs = tuple(x.clone() for x in out[: spec.n_out])
+    ns, n_out = spec.n_state, spec.n_out
+    final = tuple(x.detach() for x in (*(y[-1] for y in out[:n_out]), *out[n_out:ns]))
+    trajs = tuple(x.clone() for x in out[:n_out])
     if spec.tol is None:
         return trajs, None, final
+    if spec.dense:  # the interior outputs by short steps, differentiated by autograd
+        meta = 2 * ns + N_RECORDS + 1
+        rows = DenseRows(out[ns : 2 * ns], *out[meta : meta + 3])
+        trajs = interpolate(spec.scheme, spec.field, params, t, trajs, rows)
     return trajs, SolveStats(*out[len(out) - N_STATS :]), final

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..backends._flat import take
 from ..backends._loops import PYTHON, Loops, PythonLoops
 from ..schemes import Field, Params, ReversibleScheme, State
 from ..stepping._grid import Grid
@@ -66,8 +65,8 @@ def forward(
             new = scheme.step(field, info.t, info.h, x, params)
             if info.active is not None:
                 new = tuple(torch.where(info.active, a, b) for a, b in zip(new, x))
-            if grid.step_outputs:
-                outs = grid.record_step(outs, info, new[:n_out])
+            if grid.step_outputs:  # a grid reads the components it records
+                outs = grid.record_step(outs, info, new)
             if keep is not None and stride is not None:
                 rows = keep.keep(rows, k, new, stride)
             return new, outs, rows
@@ -80,7 +79,7 @@ def forward(
         outs = stepped if grid.step_outputs else outs
         return x, None if outs is None else grid.record_segment(outs, s, x[:n_out]), rows
 
-    outs0 = grid.new_outputs(y0, python=isinstance(outer, PythonLoops))
+    outs0 = grid.new_outputs(state if grid.full_state else y0, isinstance(outer, PythonLoops))
     rows0 = None if keep is None else keep.new_rows(state)
     final, outs, rows = outer.fori(grid.segments, segment, (state, outs0, rows0))
     return grid.finish(outs, y0, final[:n_out]), final, rows
@@ -131,7 +130,7 @@ def reverse(
 
         x, a, acc, acc_t = loops.fori(grid.length(s), body, carry, reverse=True, unroll=unroll)
         # The output at the segment's start time: t_s (uniform), t_0 (recorded).
-        a = (*(c + take(g, s) for c, g in zip(a, g_out)), *a[n_out:])
+        a = grid.at_start(a, s, g_out)
         return x, a, acc, acc_t
 
     acc_t0 = torch.zeros_like(grid.t) if time_grad else None

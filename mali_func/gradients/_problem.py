@@ -22,7 +22,8 @@ from ..backends._loops import PYTHON, Loops
 from ..schemes import Field, Params, ReversibleScheme, State
 from ..stepping._control import SolveStats, control
 from ..stepping._controllers import Tolerances
-from ..stepping._grid import RecordedGrid, Records, UniformGrid
+from ..stepping._dense import DenseRows, dense, interpolate
+from ..stepping._grid import DenseGrid, RecordedGrid, Records, UniformGrid
 from ._drift import Fallback
 from ._passes import forward
 from ._solve import Spec
@@ -54,7 +55,7 @@ class Problem:
         return Spec(
             loops=self.loops, scheme=self.scheme, field=self.field, n_state=len(self.start),
             n_out=self.n_out, counts=self.counts, tol=self.tol, replay=self.replay,
-            unroll=self.unroll, hooks=self.hooks, **strategy,
+            unroll=self.unroll, hooks=self.hooks, dense=dense(self.tol, self.t), **strategy,
         )  # fmt: skip
 
 
@@ -68,11 +69,17 @@ def through_steps(p: Problem) -> tuple[State, SolveStats | None, State]:
         )
         return trajs, None, final
     with torch.no_grad():
-        _, _, records, count, stats = control(
+        _, _, records, count, stats, rows = control(
             PYTHON, p.scheme, p.field, p.t, p.start, p.params, p.n_out, p.tol, hooks=p.hooks
         )
     # Step sizes are constants of the gradient (no_grad does not stop forward-mode AD).
     records = Records(*(r.detach() for r in records))
-    grid_ = RecordedGrid(p.t, records, count)
-    trajs, final, _ = forward(PYTHON, p.scheme, p.field, grid_, p.start, p.params, p.n_out)
+    if rows is None:
+        grid_ = RecordedGrid(p.t, records, count)
+        trajs, final, _ = forward(PYTHON, p.scheme, p.field, grid_, p.start, p.params, p.n_out)
+    else:  # replayed with a graph: the interpolated outputs' rows, then the interpolant
+        grid_ = DenseGrid(p.t, records, count, rows.slot)
+        out, final, _ = forward(PYTHON, p.scheme, p.field, grid_, p.start, p.params, p.n_out)
+        rows = DenseRows(out[p.n_out :], rows.slot, rows.start, rows.size)
+        trajs = interpolate(p.scheme, p.field, p.params, p.t, out[: p.n_out], rows)
     return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats, final

@@ -31,7 +31,7 @@ from ..backends._loops import PYTHON, Loops
 from ..schemes import Field, Params, ReversibleScheme, State
 from ..stepping._control import control
 from ..stepping._controllers import Tolerances
-from ..stepping._grid import FlatGrid, Grid, RecordedGrid, Records, UniformGrid
+from ..stepping._grid import DenseGrid, FlatGrid, Grid, RecordedGrid, Records, UniformGrid
 from ._checkpoint import Checkpointer, plan, reverse_checkpointed
 from ._drift import Fallback, check_reconstruction, failed, reconstruction_error
 from ._passes import forward, reverse
@@ -45,6 +45,7 @@ FIXED_BUDGET = 123
 keep 64, but inductor then compiles the nested loops for minutes (measured: three levels add
 12 s to a first compiled call of 8 s, two levels 9 s)."""
 N_STATS = 4  # the SolveStats fields the Function returns (not fallback, parasitic)
+N_DENSE = 3  # slot, start, size of the interpolated outputs (mali_func.stepping._dense)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +66,7 @@ class Spec:
     unroll: int = 1  # steps per iteration of a compiled loop (``odeint(unroll=)``)
     fallback: Fallback | None = None  # MALI: recompute by checkpointing when the check fails
     hooks: Any = None  # the field's step callbacks (eager only: mali_func.field._callbacks)
+    dense: bool = False  # adaptive, interpolating interior output times (DenseGrid)
 
     def checkpointer(
         self, grid: Grid, params: Params, n_steps: int, budget: int | None = None
@@ -85,6 +87,14 @@ class Spec:
         grid = FlatGrid(t, self.counts)
         return grid, self.checkpointer(grid, params, grid.total)
 
+    def n_rows(self) -> int:
+        """How many differentiable outputs the interpolated outputs' rows add (after ``aux``)."""
+        return self.n_state if self.dense else 0
+
+    def n_meta(self) -> int:
+        """Non-differentiable outputs after the records and their count (adaptive solves)."""
+        return N_DENSE if self.dense else 0
+
     def n_keep(self) -> int:
         """How many state components level 0 adds to a checkpointed fixed grid's outputs."""
         return self.n_state if self.checkpoint and self.tol is None else 0
@@ -95,7 +105,10 @@ class Solve(torch.autograd.Function):
 
     Returns ``(*trajectories, *aux_final)`` on a fixed grid (``counts``, or ``n`` steps per
     interval as a 0-dim tensor) and ``(*trajectories, *aux_final, *records, count, *stats)``
-    adaptively (records and stats are not differentiable). ``probe`` is a
+    adaptively (records and stats are not differentiable); an interpolating solve
+    (``spec.dense``) returns the rows at ``t_0`` and ``t_M`` as trajectories, and the extended
+    ``starts`` after ``aux_final`` and ``(slot, start, size)`` after ``count``
+    (:class:`~mali_func.stepping._dense.DenseRows`). ``probe`` is a
     :class:`~mali_func.DriftMonitor` leaf (or ``None``) whose gradient is the relative
     reconstruction error of the backward pass.
     """
@@ -117,7 +130,7 @@ class Solve(torch.autograd.Function):
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
             return (*trajs, *unaliased(final[spec.n_out :], tensors), *(rows or ()))
-        trajs, final, records, count, stats = control(
+        trajs, final, records, count, stats, rows = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
             hooks=spec.hooks,
         )  # fmt: skip
@@ -125,8 +138,10 @@ class Solve(torch.autograd.Function):
         return (
             *trajs,
             *unaliased(final[spec.n_out :], tensors),
+            *(() if rows is None else rows.starts),
             *records,
             count_t,
+            *(() if rows is None else (rows.slot, rows.start, rows.size)),
             *stats[:N_STATS],
         )
 
@@ -136,8 +151,10 @@ class Solve(torch.autograd.Function):
         ctx.spec, ctx.has_probe, ctx.has_n = spec, probe is not None, n is not None
         ctx.n_tensors = len(tensors)
         if spec.tol is not None:
-            ctx.mark_non_differentiable(*output[spec.n_state :])
-            output = output[: len(output) - N_STATS]
+            nr = spec.n_rows()
+            ctx.mark_non_differentiable(*output[spec.n_state + nr :])
+            # The rows of interpolated outputs are not needed by the backward: not saved.
+            output = (*output[: spec.n_state], *output[spec.n_state + nr : len(output) - N_STATS])
         elif spec.n_keep():
             ctx.mark_non_differentiable(*output[spec.n_state :])
         saved = (t, *((n,) if n is not None else ()), *tensors, *output)
@@ -153,7 +170,7 @@ class Solve(torch.autograd.Function):
         t, *saved = ctx.saved_tensors
         n = saved.pop(0) if ctx.has_n else None
         ns, n_out = spec.n_state, spec.n_out
-        n_extra = spec.n_keep() if spec.tol is None else N_RECORDS + 1
+        n_extra = spec.n_keep() if spec.tol is None else N_RECORDS + 1 + spec.n_meta()
         n_p = len(saved) - ns - ns - n_extra
         state0, params = tuple(saved[:ns]), tuple(saved[ns : ns + n_p])
         trajs, aux = saved[ns + n_p : ns + n_p + n_out], saved[ns + n_p + n_out : ns + n_p + ns]
@@ -161,7 +178,10 @@ class Solve(torch.autograd.Function):
         g_out = tuple(g.contiguous() for g in grads[:n_out])
         cot = (*(g[-1] for g in g_out), *grads[n_out:ns])
         time_grad = bool(ctx.needs_input_grad[1])
-        grid, ck = _grid_of(spec, t, n, params, extra)
+        g_rows = None
+        if spec.dense:  # the cotangents of the interpolated outputs' step starts
+            g_rows = tuple(g.contiguous() for g in grads[ns : 2 * ns])
+        grid, ck = _grid_of(spec, t, n, params, extra, g_rows)
         if ck is not None:
             top = extra if spec.tol is None else None
             cot, acc, grad_t = _checkpointed(spec, ck, top, state0, cot, g_out, time_grad)
@@ -203,6 +223,8 @@ def _traced_fallback(
     if spec.tol is not None:
         assert isinstance(grid, RecordedGrid)
         steps: tuple[Any, ...] = (tuple(grid.records), grid.count)
+        if isinstance(grid, DenseGrid):
+            steps = (*steps, grid.slot, grid.g_starts)
     else:
         steps = () if n is None else (n,)
     inputs = (t, params, state0, tuple(c.clone() for c in cot), tuple(g.clone() for g in g_out),
@@ -228,8 +250,8 @@ def _traced_checkpointer(spec: Spec, t: Tensor, params: Params, steps: Any) -> C
     ``max_steps``), a fixed grid of static counts, or one of a tensor count (planned for
     :data:`FIXED_BOUND` steps with :data:`FIXED_BUDGET` states: three levels of 41)."""
     if spec.tol is not None:
-        records, count = steps
-        grid = RecordedGrid(t, Records(*records), count)
+        records, count, *dense = steps
+        grid = _recorded(t, Records(*records), count, *dense)
         return spec.checkpointer(grid, params, spec.tol.max_steps)
     if not steps:
         assert spec.counts is not None
@@ -238,15 +260,24 @@ def _traced_checkpointer(spec: Spec, t: Tensor, params: Params, steps: Any) -> C
     return spec.checkpointer(FlatGrid(t, steps[0]), params, FIXED_BOUND, FIXED_BUDGET)
 
 
-def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...]
-             ) -> tuple[Grid, Checkpointer | None]:  # fmt: skip
+def _recorded(t: Tensor, records: Records, count: Any, slot: Tensor | None = None,
+              g_rows: Any = None) -> RecordedGrid:  # fmt: skip
+    """An adaptive solve's grid: its records, and the interpolated outputs' ``slot``."""
+    if slot is None:
+        return RecordedGrid(t, records, count)
+    return DenseGrid(t, records, count, slot, g_rows)
+
+
+def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...],
+             g_rows: Any = None) -> tuple[Grid, Checkpointer | None]:  # fmt: skip
     """The forward's grid (and checkpointer under ``gradient="checkpoint"``) for the backward."""
     if spec.tol is None:
         return spec.fixed(t, n, params)
     python = spec.loops is PYTHON
-    records = Records(*extra[:-1])
-    count = records.start.shape[0] if python else extra[-1]
-    grid = RecordedGrid(t, records, count)
+    records = Records(*extra[:N_RECORDS])
+    count = records.start.shape[0] if python else extra[N_RECORDS]
+    slot = extra[N_RECORDS + 1] if spec.dense else None
+    grid = _recorded(t, records, count, slot, g_rows)
     if not spec.checkpoint:
         return grid, None
     return grid, spec.checkpointer(grid, params, count if python else spec.tol.max_steps)

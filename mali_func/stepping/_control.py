@@ -31,6 +31,7 @@ from ..backends._mode import is_concrete
 from ..schemes import ALF, Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
 from ._controllers import Tolerances, checked_proposal, error_norm, initial_step
+from ._dense import DenseRows, capture, dense, empty_rows
 from ._grid import Records, buffers, span, write_row
 
 STRETCH = 1.1
@@ -90,6 +91,7 @@ class Carry(NamedTuple):
     growth: Growth
     blew_up: Tensor
     stats: SolveStats
+    rows: DenseRows | tuple[()]  # the interpolated outputs' rows (dense output), or ()
 
 
 def control(
@@ -102,14 +104,23 @@ def control(
     n_out: int,
     tol: Tolerances,
     hooks: Any = None,
-) -> tuple[State, State, Records, Tensor | int, SolveStats]:
-    """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats.
-    ``hooks``: the field's step callbacks (eager only, :mod:`mali_func.field._callbacks`).
+) -> tuple[State, State, Records, Tensor | int, SolveStats, DenseRows | None]:
+    """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats,
+    and the rows of the interpolated outputs. ``hooks``: the field's step callbacks (eager only,
+    :mod:`mali_func.field._callbacks`).
+
+    With ``tol.interpolate`` (and interior output times) the steps land on ``t_0`` and ``t_M``
+    only: the outputs are those two rows, and the interior ones come from the returned
+    :class:`~mali_func.stepping._dense.DenseRows` (:func:`mali_func.stepping._dense.interpolate`);
+    otherwise the rows are ``None``.
 
     A failure (``max_steps`` trials, or the step size underflows) raises :class:`RuntimeError`
     in plain eager code; otherwise the outputs are NaN and ``stats.failed`` is set.
     """
     ctrl = tol.controller
+    times = t
+    if dense(tol, t):  # the steps ignore the interior output times
+        t = torch.stack([times[0], times[-1]])
     m, order, eps = t.shape[0] - 1, scheme.error_order, torch.finfo(t.dtype).eps
     y0 = state[:n_out]
     hmag = initial_step(field, t[0], y0, params, tol, order).abs()
@@ -129,6 +140,7 @@ def control(
         ),
         blew_up=torch.zeros_like(zero, dtype=torch.bool),
         stats=SolveStats(zero + n_first, zero, zero, torch.zeros_like(zero, dtype=torch.bool)),
+        rows=empty_rows(state, times) if times is not t else (),
     )
 
     def running(carry: Carry) -> Tensor:
@@ -169,6 +181,10 @@ def control(
         ends = ok & reach
         state = tuple(torch.where(ok, a, b) for a, b in zip(new, carry.state))
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
+        rows = carry.rows
+        if rows:  # dense output: the outputs this step reaches take its end states
+            rows = capture(rows, times, tk + h, ok, ends, carry.state, carry.stats.n_accepted,
+                           carry.c, theta)  # fmt: skip
         memory = tuple(_select(active, a, b) for a, b in zip(memory, carry.memory))
         stats = SolveStats(
             carry.stats.n_f_evals + active.long() * scheme.evaluations_per_step,
@@ -194,6 +210,7 @@ def control(
             growth=growth,
             blew_up=carry.blew_up | blew_up,
             stats=stats,
+            rows=rows,
         )
         return new_carry, (i, carry.c, theta, ok, ends), ok
 
@@ -210,7 +227,13 @@ def control(
         torch.where(stats.failed, float("nan"), torch.cat([o[:-1], y.unsqueeze(0)]))
         for o, y in zip(carry.outputs, final)
     )
-    return outputs, carry.state, Records(*columns), count, stats
+    rows = carry.rows or None
+    if rows is not None:
+        nan = tuple(torch.where(stats.failed, float("nan"), y) for y in rows.starts)
+        rows = rows._replace(starts=nan)
+        extra = scheme.evaluations_per_step * (times.shape[0] - 2)  # mali_func.stepping._dense
+        stats = stats._replace(n_f_evals=stats.n_f_evals + extra)
+    return outputs, carry.state, Records(*columns), count, stats, rows
 
 
 def _raise_failure(carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleScheme) -> None:

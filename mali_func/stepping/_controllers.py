@@ -146,6 +146,7 @@ class Tolerances:
     min_step: float = 0.0  # a step this small is accepted whatever its error
     max_step: float = math.inf
     norm: Callable[[State], Tensor] | None = None  # of the scaled error; None: rms_norm
+    interpolate: bool = False  # interior output times from the dense output, not landed on
 
 
 def _wide(x: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..backends._flat import Count, Index, take
 from ..schemes import State
+from ._dense import copies, cotangent_at, record
 
 
 class StepInfo(NamedTuple):
@@ -51,6 +52,7 @@ class StepInfo(NamedTuple):
     fraction: Callable[[], tuple[Tensor | float, Tensor | float]]  # (c, theta), on demand
     ends: bool | Tensor  # an interior output t_{i+1} (i + 1 < M) follows this step
     active: Tensor | None  # the step is taken (recorded grids); None: always
+    anchor: Tensor | None = None  # dense grids: the accepted steps up to this one (included)
 
 
 class Records(NamedTuple):
@@ -87,6 +89,7 @@ class Grid:
     m: int
     segments: int
     static_segments: bool  # walk the segments in Python (one segment, or unequal lengths)
+    full_state = False  # outputs hold the extended state (the scheme's), not the solution's
     step_outputs: bool  # some steps record an output (carried through the inner loop)
 
     def length(self, s: Index) -> Count:
@@ -120,15 +123,30 @@ class Grid:
             return tuple(torch.stack(rows) for rows in zip(y0, *outs, final))
         return tuple(torch.cat([o[:-1], y.unsqueeze(0)]) for o, y in zip(outs, final))
 
-    def inject(self, cot: State, info: StepInfo, g_out: State) -> State:
-        """Add the cotangent of the output that follows a step (recorded grids)."""
+    def injection(self, info: StepInfo, g_out: State) -> State | None:
+        """The cotangent of the outputs recorded after a step (``None``: none is)."""
         if info.ends is False:
-            return cot
+            return None
         rows = tuple(take(g, info.i + 1) for g in g_out)
         if info.ends is True:
-            return (*(c + r for c, r in zip(cot, rows)), *cot[len(g_out) :])
-        added = tuple(c + torch.where(info.ends, r, 0) for c, r in zip(cot, rows))
-        return (*added, *cot[len(g_out) :])
+            return rows
+        return tuple(torch.where(info.ends, r, 0) for r in rows)
+
+    def inject(self, cot: State, info: StepInfo, g_out: State) -> State:
+        """Add the cotangent of the outputs recorded after a step (recorded grids)."""
+        rows = self.injection(info, g_out)
+        if rows is None:
+            return cot
+        return (*(c + r for c, r in zip(cot, rows)), *cot[len(rows) :])
+
+    def at_start(self, cot: State, s: Index, g_out: State) -> State:
+        """Add the cotangent of the output at segment ``s``'s start time."""
+        return (*(c + take(g, s) for c, g in zip(cot, g_out)), *cot[len(g_out) :])
+
+    def time_pair(self, info: StepInfo) -> Tensor:
+        """The indices in ``t`` of the two times a step's start and size are made from."""
+        i = torch.as_tensor(info.i, device=self.t.device)
+        return torch.stack([i, i + 1])
 
     def add_time_grad(self, acc: Tensor, info: StepInfo, a_t: Tensor, a_h: Tensor) -> Tensor:
         """Chain a step's ``(a_t, a_h)`` to ``t_i`` and ``t_{i+1}`` (module docs)."""
@@ -138,8 +156,7 @@ class Grid:
         if info.active is not None:
             d_end = torch.where(info.active, d_end, 0)
             d_start = torch.where(info.active, d_start, 0)
-        i = torch.as_tensor(info.i, device=acc.device)
-        return acc.index_add(0, torch.stack([i, i + 1]), torch.stack([d_start, d_end]))
+        return acc.index_add(0, self.time_pair(info), torch.stack([d_start, d_end]))
 
 
 class UniformGrid(Grid):
@@ -255,3 +272,55 @@ class FlatGrid(Grid):
 
     def new_outputs(self, y0: State, python: bool) -> Any:
         return [] if self.m == 1 else buffers(y0, self.m + 1)
+
+
+class DenseGrid(RecordedGrid):
+    """The recorded steps of an interpolating solve (:mod:`mali_func.stepping._dense`): they span
+    ``[t_0, t_M]`` as one interval; the outputs are the rows at ``t_0`` and ``t_M`` and, per
+    interior output, the extended state at its step's start (anchor ``slot``, counted in accepted
+    steps). ``g_starts``: those states' cotangents, for the backward."""
+
+    full_state = True
+
+    def __init__(self, t: Tensor, records: Records, count: Index, slot: Tensor,
+                 g_starts: State | None = None) -> None:  # fmt: skip
+        super().__init__(t, records, count)
+        self.slot, self.g_starts = slot, g_starts
+        self.anchors = torch.cumsum(records.accepted.long(), 0)
+
+    @property
+    def step_outputs(self) -> bool:  # type: ignore[override]
+        return True
+
+    def at(self, seg: Any, k: Index) -> StepInfo:
+        _, c, theta, ok, _ = (take(r, k) for r in self.records)
+        t0, dt = self.t[0], self.t[-1] - self.t[0]
+        return StepInfo(0, t0 + c * dt, theta * dt, lambda: (c, theta), False, ok,
+                        take(self.anchors, k))  # fmt: skip
+
+    def time_pair(self, info: StepInfo) -> Tensor:
+        return torch.tensor([0, self.m], device=self.t.device)
+
+    def new_outputs(self, y0: State, python: bool) -> Any:
+        return copies(y0, self.m - 1)  # y0: the extended state (``full_state``)
+
+    def record_step(self, outs: Any, info: StepInfo, ys: State) -> Any:
+        assert info.active is not None and info.anchor is not None
+        return record(outs, self.slot, info.anchor, info.active, ys)
+
+    def finish(self, outs: Any, y0: State, final: State) -> State:
+        """``(*rows at t_0 and t_M, *starts)``."""
+        return (*(torch.stack([a, b]) for a, b in zip(y0, final)), *outs)
+
+    def injection(self, info: StepInfo, g_out: State) -> State | None:
+        if self.g_starts is None:
+            return None
+        assert info.anchor is not None
+        return cotangent_at(info.anchor, self.slot, self.g_starts, info.active)
+
+    def at_start(self, cot: State, s: Index, g_out: State) -> State:
+        cot = super().at_start(cot, s, g_out)
+        if self.g_starts is None:
+            return cot
+        rows = cotangent_at(0, self.slot, self.g_starts)
+        return tuple(c + r for c, r in zip(cot, rows))

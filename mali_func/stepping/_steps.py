@@ -65,6 +65,9 @@ class Adaptive:
         norm: the error norm, called on the scaled error ``err / (atol + rtol max(|y|, |y'|))``
             (a tensor, or a tuple for a tuple state) and returning a scalar; by default the RMS
             norm over every component (torchdiffeq's ``norm``).
+        interpolate: outputs between the steps from the dense output (a cubic Hermite
+            interpolant, differentiated exactly: :mod:`mali_func.stepping._dense`), so output
+            times cost no steps; ``False``: the steps land on every output time.
     """
 
     rtol: float | None = None
@@ -75,6 +78,7 @@ class Adaptive:
     min_step: float | None = None
     max_step: float | None = None
     norm: Callable[[Any], Tensor] | None = None
+    interpolate: bool | None = None
 
 
 Steps = Fixed | Adaptive
