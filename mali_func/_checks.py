@@ -181,7 +181,7 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-INTERPOLATE_DEFAULT = False
+INTERPOLATE_DEFAULT = True
 """Whether adaptive solves interpolate their interior output times by default."""
 
 

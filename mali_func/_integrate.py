@@ -83,8 +83,9 @@ def integrate(
     if wide is not None:  # torchdiffeq's jump_t, step_t, grid_constructor: a wider solve
         times, rows, rest = wide
         on_grid = isinstance(options, Mapping) and "grid_constructor" in options
+        landing = on_grid_steps(steps, on_grid, method in FIXED_GRID_METHODS)
         out = integrate(
-            func, y0, times, rtol, atol, method, rest, steps=on_grid_steps(steps, on_grid),
+            func, y0, times, rtol, atol, method, rest, steps=landing,
             gradient=gradient, scheme=scheme, eta=eta, coupling=coupling, args=args,
             stats=stats, **torchdiffeq,
         )  # fmt: skip

@@ -80,6 +80,6 @@ def through_steps(p: Problem) -> tuple[State, SolveStats | None, State]:
     else:  # replayed with a graph: the interpolated outputs' rows, then the interpolant
         grid_ = DenseGrid(p.t, records, count, rows.slot)
         out, final, _ = forward(PYTHON, p.scheme, p.field, grid_, p.start, p.params, p.n_out)
-        rows = DenseRows(out[p.n_out :], rows.slot, rows.start, rows.size)
+        rows = DenseRows(out[p.n_out :], *(x.detach() for x in rows[1:]))
         trajs = interpolate(p.scheme, p.field, p.params, p.t, out[: p.n_out], rows)
     return tuple(torch.where(stats.failed, float("nan"), y) for y in trajs), stats, final

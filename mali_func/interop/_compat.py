@@ -108,6 +108,7 @@ def translate(
         min_step=options.get("min_step", current.min_step),
         max_step=options.get("max_step", current.max_step),
         norm=options.get("norm", current.norm),
+        interpolate=current.interpolate,
     )
 
 

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..backends._mode import is_concrete
-from ..stepping._steps import Fixed
+from ..stepping._steps import Adaptive, Fixed
+from ._shorthands import replaced
 
 KEYS = ("jump_t", "step_t", "grid_constructor")
 """The ``options`` keys handled here."""
@@ -109,9 +110,13 @@ def _merge(t: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
     return times, rows
 
 
-def on_grid_steps(steps: Any, on_grid: bool) -> Any:
-    """The steps of a solve over ``grid_constructor``'s grid: one per interval."""
+def on_grid_steps(steps: Any, on_grid: bool, fixed_method: bool = False) -> Any:
+    """The steps of a wider solve: one per interval of ``grid_constructor``'s grid; adaptive
+    steps landing on every time (``jump_t`` and ``step_t`` are landings, not outputs; a fixed
+    ``method`` without steps steps along the times already)."""
     if not on_grid:
+        if isinstance(steps, Adaptive) or (steps is None and not fixed_method):
+            return replaced(steps or Adaptive(), interpolate=False)
         return steps
     if steps is not None and not (isinstance(steps, Fixed) and steps.n in (None, 1)):
         raise ValueError(

@@ -74,17 +74,22 @@ def odeint_adjoint(
 
 
 def _uncapped(solve: dict[str, Any], options: Mapping[str, Any]) -> Any:
-    """Adaptive steps without torchdiffeq's absent cap lowered: in eager code ``max_steps``
-    defaults to :data:`~mali_func._checks.UNCAPPED` (compiled and exported solves keep 10,000,
-    which sizes their loops)."""
+    """Adaptive steps as torchdiffeq takes them: output times interpolated (dense output), and no
+    cap on the steps in eager code (``max_steps`` defaults to
+    :data:`~mali_func._checks.UNCAPPED`; compiled and exported solves keep 10,000, which sizes
+    their loops)."""
     steps = solve["steps"]
     adapts = (
         isinstance(steps, Adaptive)
         or solve.get("scheme") is not None
         or (solve["method"] in ADAPTIVE_METHODS)
     )
-    if tracing() or not adapts or "max_num_steps" in options:
+    if not adapts:
         return steps
-    if steps is None:
-        return Adaptive(max_steps=UNCAPPED)
-    return steps if steps.max_steps is not None else replaced(steps, max_steps=UNCAPPED)
+    steps = Adaptive() if steps is None else steps
+    changes: dict[str, Any] = {}
+    if steps.interpolate is None:
+        changes["interpolate"] = True
+    if not tracing() and "max_num_steps" not in options and steps.max_steps is None:
+        changes["max_steps"] = UNCAPPED
+    return replaced(steps, **changes) if changes else steps

@@ -14,7 +14,8 @@ This continuous extension has the scheme's own order and, being a step shorter t
 one, an error below that step's (a cubic Hermite interpolant through the step's ends, tried
 first, was 400 times the tolerance of tsit5 at ``rtol=1e-8``: its :math:`O(h^4)` error is of
 lower order than the step's). It costs ``evaluations_per_step`` field evaluations per output,
-batched over the outputs with :func:`torch.func.vmap`, where landing on the output costs a step
+batched over the outputs with :func:`torch.func.vmap` (eagerly, a field that vmap cannot batch
+is stepped one output at a time), where landing on the output costs a step
 and shortens the steps around it.
 
 The solve returns, per interior output, the extended state :math:`x_k` at its step's start and
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..backends._mode import tracing, under_transform
 from ..schemes import Field, Params, ReversibleScheme, State
 
 
@@ -119,5 +121,15 @@ def interpolate(scheme: ReversibleScheme, field: Field, params: Params, t: Tenso
     def short_step(time: Tensor, h: Tensor, x: State) -> State:
         return tuple(scheme.step(field, time, h, x, params)[: len(ends)])
 
-    inner = torch.func.vmap(short_step, randomness="different")(tk, t[1:-1] - tk, rows.starts)
+    args = (tk, t[1:-1] - tk, rows.starts)
+    try:
+        inner = torch.func.vmap(short_step, randomness="different")(*args)
+    except RuntimeError as error:
+        # A field vmap cannot batch (Python control flow on a tensor, .item()): eagerly, one
+        # output at a time; traced or under the caller's transform the error stands.
+        if tracing() or under_transform() or not str(error).startswith("vmap:"):
+            raise
+        each = [short_step(a, b, tuple(x[j] for x in args[2])) for j, (a, b) in
+                enumerate(zip(args[0], args[1]))]  # fmt: skip
+        inner = tuple(torch.stack(column) for column in zip(*each))
     return tuple(torch.cat([y[:1], u, y[1:]]) for y, u in zip(ends, inner))
