@@ -74,6 +74,10 @@ def blow_up(
         & (rate > last.rate)
         & (last.rate * rate * ratio >= P_MIN)
         & (pole - (start + size) <= rtol * pole)
+        # An extrapolated pole inside a step much longer than its distance to the step's start
+        # is two coarse secants of a smooth solution (a projectile's quadratic, which dopri5
+        # steps exactly), not a singularity: steps shrink towards a pole.
+        & (size <= pole - start)
         # A solution growing into a pole is at its largest so far; one rising again after a
         # minimum of its norm (a ball past the top of its flight) is not.
         & (log_norm_ >= last.peak)
