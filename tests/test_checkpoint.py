@@ -145,6 +145,29 @@ def test_field_evaluations_show_one_recomputation_per_extra_level(n, budget, lev
     assert n + extra * n * 0.5 <= backward_calls <= n + extra * n
 
 
+@pytest.mark.parametrize(("t1", "rtol"), [(3.0, 1e-3), (10.0, 1e-11)])
+def test_an_eager_adaptive_backward_re_runs_each_accepted_step_once(t1: float, rtol: float) -> None:
+    """The forward keeps level 0 (every stride-th accepted state, thinned as the steps grow), so
+    the backward re-runs each accepted step once, with its graph, and no replay records level 0
+    (it was 1.5-1.9x the forward's calls: issue #31). rtol 1e-11 over [0, 10]: enough to thin."""
+    field, y0, t = problem([0.0, t1])
+    y0 = y0.clone().requires_grad_()
+    ys, stats = odeint(field, y0, t, method="tsit5", coupling=None, rtol=rtol, atol=rtol,
+                       gradient="checkpoint", stats=True)  # fmt: skip
+    forward_calls = field.calls
+    grads = torch.autograd.grad(ys[-1].pow(2).sum(), [y0, *field.parameters()])
+    per_step = (forward_calls - int(stats.n_rejected) * 7 - 3) // int(stats.n_accepted)
+    assert field.calls - forward_calls == per_step * int(stats.n_accepted)
+    if rtol == 1e-11:
+        assert int(stats.n_accepted) > 100  # the kept rows were thinned (budget 2 sqrt(N) + 2)
+    field.calls = 0
+    ys_b = odeint(field, y0, t, method="tsit5", coupling=None, rtol=rtol, atol=rtol,
+                  gradient="backprop")  # fmt: skip
+    want = torch.autograd.grad(ys_b[-1].pow(2).sum(), [y0, *field.parameters()])
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_memory_of_stored_states_stays_within_the_budget() -> None:
     """What the solve keeps for its backward: its inputs, outputs and level 0 (budget 40 at 400
     steps: two levels of 20 rows, the first stored by the forward pass)."""

@@ -19,9 +19,11 @@ pulled back under its own VJP (:func:`mali_func.schemes._scheme.pull_back`).
 
 Memory: at most ``L m`` stored states, and one block's graph eagerly (one step's compiled),
 whatever ``N``. Time: the forward pass, ``L - 2`` recording re-runs (``L - 1`` compiled), and one
-re-run of every step under its VJP; adaptive solves replay their accepted steps once more to
-record level 0, since the controller does not know ``N`` in advance. With two levels that is
-backprop's work plus one forward pass.
+re-run of every step under its VJP. The controller of an adaptive solve does not know ``N`` in
+advance: eagerly its forward keeps level 0 anyway, thinning the kept states as the steps grow
+(:class:`Thinned`), so the backward re-runs each accepted step once; compiled solves (and those
+under transforms or with a deeper plan) replay the accepted steps once more to record level 0.
+With two levels that is backprop's work plus one forward pass.
 
 ``checkpoints`` is the budget ``L m`` of stored states. The default, ``2 ceil(sqrt(N))``, is the
 least that keeps ``L = 2`` (measured in benchmarks/checkpoint.py); a fixed budget keeps memory
@@ -76,6 +78,49 @@ def plan(n_steps: int, budget: int | None) -> Plan:
         if levels * rows <= budget or rows <= 2:
             return Plan(levels, rows)
         levels += 1
+
+
+class Thinned:
+    """Level 0 of an eager adaptive solve's checkpoints, recorded by its forward pass.
+
+    The controller does not know the number of accepted steps ``N`` in advance, so the forward
+    keeps the state after every ``stride``-th accepted step (the initial state first) and, when
+    it holds more than the budget (by default ``2 ceil(sqrt(n)) + 2`` after ``n`` steps), drops
+    every other one and doubles ``stride``. The backward then needs no replay to record level
+    0: it re-runs each block of ``stride`` steps once, with its graph (two levels).
+    """
+
+    def __init__(self, budget: int | None) -> None:
+        self.rows: list[State] | None = None
+        self.stride, self.count, self.budget = 1, 0, budget
+
+    def start(self, x0: State) -> None:
+        """The initial state (a forward pass starts here)."""
+        self.rows, self.stride, self.count = [tuple(y.detach() for y in x0)], 1, 0
+
+    def add(self, x: State) -> None:
+        """The state after one more accepted step."""
+        assert self.rows is not None
+        self.count += 1
+        if self.count % self.stride:
+            return
+        self.rows.append(tuple(y.detach() for y in x))
+        limit = default_budget(self.count) if self.budget is None else max(self.budget, 2)
+        if len(self.rows) > limit:
+            self.rows, self.stride = self.rows[::2], self.stride * 2
+
+    def plan(self, n_steps: int, budget: int | None) -> Plan | None:
+        """The plan over the kept rows (every state kept: one level; else two), when the
+        strategy's own plan has at most two levels and blocks no shorter than these (the same
+        memory bound); ``None``: level 0 is recorded by a replay, as for compiled solves."""
+        own = plan(n_steps, budget)
+        if self.rows is None or n_steps != self.count or own.levels > 2:
+            return None
+        if self.stride == 1:
+            return Plan(1, max(n_steps, 1))
+        if self.stride > 2 * own.rows:
+            return None
+        return Plan(2, self.stride)
 
 
 MAX_TRACED_LEVELS = 6

@@ -32,7 +32,7 @@ from ..schemes import Field, Params, ReversibleScheme, State
 from ..stepping._control import control
 from ..stepping._controllers import Tolerances
 from ..stepping._grid import DenseGrid, FlatGrid, Grid, RecordedGrid, Records, UniformGrid
-from ._checkpoint import Checkpointer, plan, reverse_checkpointed
+from ._checkpoint import Checkpointer, Plan, Thinned, plan, reverse_checkpointed
 from ._drift import Fallback, check_reconstruction, failed, reconstruction_error
 from ._passes import forward, reverse
 
@@ -67,13 +67,15 @@ class Spec:
     fallback: Fallback | None = None  # MALI: recompute by checkpointing when the check fails
     hooks: Any = None  # the field's step callbacks (eager only: mali_func.field._callbacks)
     dense: bool = False  # adaptive, interpolating interior output times (DenseGrid)
+    level0: Thinned | None = None  # eager adaptive checkpointing: level 0 kept by the forward
 
     def checkpointer(
-        self, grid: Grid, params: Params, n_steps: int, budget: int | None = None
-    ) -> Checkpointer:
+        self, grid: Grid, params: Params, n_steps: int, budget: int | None = None,
+        plan_: Plan | None = None,
+    ) -> Checkpointer:  # fmt: skip
         """The checkpointer of ``gradient="checkpoint"`` (with the backward's callbacks) or, given
-        a ``budget``, of a fallback."""
-        plan_ = plan(n_steps, self.budget if budget is None else budget)
+        a ``budget``, of a fallback; ``plan_``: a plan made already."""
+        plan_ = plan_ or plan(n_steps, self.budget if budget is None else budget)
         hooks = self.hooks if self.checkpoint else None
         return Checkpointer(self.loops, self.scheme, self.field, grid, params, plan_, hooks)
 
@@ -130,9 +132,11 @@ class Solve(torch.autograd.Function):
             if isinstance(rows, list):
                 rows = tuple(torch.stack(column) for column in zip(*rows))
             return (*trajs, *unaliased(final[spec.n_out :], tensors), *(rows or ()))
+        if spec.level0 is not None:
+            spec.level0.start(state0)
         trajs, final, records, count, stats, rows = control(
             spec.loops, spec.scheme, spec.field, t, state0, params, spec.n_out, spec.tol,
-            hooks=spec.hooks,
+            hooks=spec.hooks, keep=spec.level0,
         )  # fmt: skip
         count_t = count if isinstance(count, Tensor) else torch.tensor(count, device=t.device)
         return (
@@ -183,7 +187,7 @@ class Solve(torch.autograd.Function):
             g_rows = tuple(g.contiguous() for g in grads[ns : 2 * ns])
         grid, ck = _grid_of(spec, t, n, params, extra, g_rows)
         if ck is not None:
-            top = extra if spec.tol is None else None
+            top = extra if spec.tol is None else _kept(spec, ck)
             cot, acc, grad_t = _checkpointed(spec, ck, top, state0, cot, g_out, time_grad)
             return (None, grad_t, None, None, *cot, *acc)
         final = (*(y[-1] for y in trajs), *aux)
@@ -260,6 +264,14 @@ def _traced_checkpointer(spec: Spec, t: Tensor, params: Params, steps: Any) -> C
     return spec.checkpointer(FlatGrid(t, steps[0]), params, FIXED_BOUND, FIXED_BUDGET)
 
 
+def _kept(spec: Spec, ck: Checkpointer) -> Any:
+    """Level 0 as an eager adaptive forward kept it, when the checkpointer plans with it."""
+    level0 = spec.level0
+    if level0 is None or level0.rows is None or ck.plan.stride(0) != level0.stride:
+        return None
+    return level0.rows if ck.plan.levels <= 2 else None
+
+
 def _recorded(t: Tensor, records: Records, count: Any, slot: Tensor | None = None,
               g_rows: Any = None) -> RecordedGrid:  # fmt: skip
     """An adaptive solve's grid: its records, and the interpolated outputs' ``slot``."""
@@ -280,6 +292,10 @@ def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tup
     grid = _recorded(t, records, count, slot, g_rows)
     if not spec.checkpoint:
         return grid, None
+    if python and spec.level0 is not None:  # the forward kept level 0: its plan
+        kept = spec.level0.plan(count, spec.budget)
+        if kept is not None:
+            return grid, spec.checkpointer(grid, params, count, plan_=kept)
     return grid, spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
 
 

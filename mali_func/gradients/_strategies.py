@@ -32,7 +32,7 @@ from torch import Tensor
 from ..backends import _mode
 from ..backends._loops import PYTHON
 from ..stepping._steps import brief_repr
-from ._checkpoint import check_traced_plan
+from ._checkpoint import Thinned, check_traced_plan
 from ._drift import DriftMonitor, Fallback, default_reconstruction_tol
 from ._forward_mode import solve
 from ._problem import Problem, through_steps
@@ -174,8 +174,12 @@ class Checkpoint(_Strategy):
         return "static"  # level sizes are shapes (a new n_steps compiles again)
 
     def spec(self, problem: Problem) -> Spec:
-        # The reconstruction tolerance is unused: the backward rebuilds nothing.
-        return problem.spec(checkpoint=True, budget=self.budget)
+        # The reconstruction tolerance is unused: the backward rebuilds nothing. Eager adaptive
+        # solves keep level 0 in the forward pass (no replay to record it in the backward).
+        eager = problem.loops is PYTHON and _mode.current() is _mode.Mode.EAGER
+        keep = eager and problem.tol is not None and not _mode.under_transform()
+        level0 = Thinned(self.budget) if keep else None
+        return problem.spec(checkpoint=True, budget=self.budget, level0=level0)
 
 
 @dataclass(frozen=True, repr=False)

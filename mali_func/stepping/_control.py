@@ -104,6 +104,7 @@ def control(
     n_out: int,
     tol: Tolerances,
     hooks: Any = None,
+    keep: Any = None,
 ) -> tuple[State, State, Records, Tensor | int, SolveStats, DenseRows | None]:
     """Solve adaptively: outputs at every ``t_i``, final state, records, their count, stats,
     and the rows of the interpolated outputs. ``hooks``: the field's step callbacks (eager only,
@@ -112,7 +113,8 @@ def control(
     With ``tol.interpolate`` (and interior output times) the steps land on ``t_0`` and ``t_M``
     only: the outputs are those two rows, and the interior ones come from the returned
     :class:`~mali_func.stepping._dense.DenseRows` (:func:`mali_func.stepping._dense.interpolate`);
-    otherwise the rows are ``None``.
+    otherwise the rows are ``None``. ``keep``: an eager checkpointed solve's level 0
+    (:class:`mali_func.gradients._checkpoint.Thinned`), given every accepted state.
 
     A failure (``max_steps`` trials, or the step size underflows) raises :class:`RuntimeError`
     in plain eager code; otherwise the outputs are NaN and ``stats.failed`` is set.
@@ -180,6 +182,8 @@ def control(
         blew_up = ok & pole_near
         ends = ok & reach
         state = tuple(torch.where(ok, a, b) for a, b in zip(new, carry.state))
+        if keep is not None and bool(ok):  # eager Python loops only (one host read a trial)
+            keep.add(state)
         slot = torch.where(ends & (i + 1 < m), i + 1, m)
         rows = carry.rows
         if rows:  # dense output: the outputs this step reaches take its end states
