@@ -17,8 +17,9 @@ equations", ICLR 2021):
 
 applied to the discrete solve, so MALI's (or checkpointing's) gradient of ``y(tau)`` carries over,
 and the state at the event moves with the event time, ``dy_e = dy/dtheta + f dtau``. Events need
-values of the solution on the host: eager code only (not under ``torch.compile``, export or
-:mod:`torch.func` transforms, which raise).
+values of the solution on the host: eager code only (``torch.compile`` and export raise); under
+:mod:`torch.func` transforms each sample is solved eagerly on its own
+(:mod:`mali_func._events_per_sample`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._events_per_sample import events_per_sample
 from .backends._mode import tracing, under_transform
 
 WINDOW_OUTPUTS = 32
@@ -50,7 +52,14 @@ def solve_until_event(
     args: tuple[Tensor, ...] = (),
 ) -> tuple[Tensor, Any]:
     """``(event_t, solution)`` for ``solve(func, y0, times, **kwargs)`` stopped by ``event_fn``
-    (``args``: what ``func`` receives after ``y``)."""
+    (``args``: what ``func`` receives after ``y``). Under a :mod:`torch.func` transform each
+    sample is solved on its own, eagerly (:mod:`mali_func._events_per_sample`)."""
+    if under_transform() and not tracing():
+
+        def eager(f: Any, y: Any, t_: Tensor, ev: Any, a: tuple[Tensor, ...]) -> Any:
+            return solve_until_event(solve, f, y, t_, ev, {**kwargs, "args": a}, a)
+
+        return events_per_sample(eager, func, y0, t, event_fn, args)
     _check(event_fn, t)
     tuple_state = isinstance(y0, (tuple, list))
     t0 = t[0]
@@ -88,11 +97,11 @@ def solve_until_event(
 def _check(event_fn: Any, t: Tensor) -> None:
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
-    if tracing() or under_transform():
+    if tracing():
         raise NotImplementedError(
             "event_fn: events are found in eager code only (the event time is searched on the "
-            "host); under torch.compile, export or a torch.func transform solve to a fixed end "
-            "time, or call the event solve eagerly (per sample, in a loop, under vmap)"
+            "host); under torch.compile or export solve to a fixed end time, or call the event "
+            "solve eagerly (torch.func transforms take each sample on its own)"
         )
     if t.ndim != 1 or t.shape[0] < 2:
         raise ValueError("with event_fn, t must hold t0 and a second time giving the direction")

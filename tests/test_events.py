@@ -127,12 +127,74 @@ def test_bad_event_functions_are_named(event_fn, match: str) -> None:
         odeint_event(fall, _drop(torch.tensor(1.0, dtype=F64)), 0.0, event_fn=event_fn)
 
 
-def test_events_under_a_transform_are_refused_with_what_to_do() -> None:
+class Gravity(nn.Module):
+    """``fall`` with a learnable gravity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(G, dtype=F64))
+
+    def forward(self, t: Tensor, s: Tensor) -> Tensor:
+        return torch.stack([s[1], -self.g * torch.ones_like(s[1])])
+
+
+class Drop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.field = Gravity()
+
+    def forward(self, h: Tensor) -> Tensor:
+        return odeint_event(self.field, _drop(h), 0.0, event_fn=floor, **TIGHT)[0]
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "mali"])
+def test_vmap_gives_each_sample_its_own_event_time_and_gradient(gradient: str) -> None:
+    options = {**TIGHT, "gradient": gradient}
+    if gradient == "mali":
+        options["coupling"] = "auto"
+
+    def event_time(h: Tensor) -> Tensor:
+        return odeint_event(fall, _drop(h), 0.0, event_fn=floor, **options)[0]
+
+    heights = torch.tensor([0.5, 1.0, 3.0], dtype=F64)
+    exact = torch.sqrt(2 * heights / G)
+    batched = torch.func.vmap(event_time)(heights)
+    torch.testing.assert_close(batched, exact, rtol=1e-8, atol=0)
+    torch.testing.assert_close(batched, torch.stack([event_time(h) for h in heights]))
+    per_sample = torch.func.vmap(torch.func.grad(event_time))(heights)
+    torch.testing.assert_close(per_sample, 1 / torch.sqrt(2 * G * heights), rtol=1e-7, atol=0)
+
+
+def test_per_sample_gradients_reach_the_field_s_parameters() -> None:
+    """``functional_call`` with the parameters, ``vmap(grad)`` over the heights: d t_e / d g per
+    sample, ``-sqrt(2 h / g^3) / 2``."""
+    drop = Drop()
+    params = {k: v.detach() for k, v in drop.named_parameters()}
+
+    def event_time(p: dict[str, Tensor], h: Tensor) -> Tensor:
+        return torch.func.functional_call(drop, p, (h,))
+
+    heights = torch.tensor([0.5, 2.0], dtype=F64)
+    grads = torch.func.vmap(torch.func.grad(event_time), in_dims=(None, 0))(params, heights)
+    want = -0.5 * torch.sqrt(2 * heights / G**3)
+    torch.testing.assert_close(grads["field.g"], want, rtol=1e-7, atol=0)
+
+
+def test_a_sample_whose_event_never_happens_fails_clearly_under_vmap() -> None:
+    def event_time(h: Tensor) -> Tensor:
+        return odeint_event(fall, _drop(h), 0.0, event_fn=lambda t, s: s[0] ** 2 + 1,
+                            **TIGHT)[0]  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="event_fn did not cross zero"):
+        torch.func.vmap(event_time)(torch.tensor([1.0, 2.0], dtype=F64))
+
+
+def test_events_under_torch_compile_are_refused_with_what_to_do() -> None:
     def solve(h: Tensor) -> Tensor:
         return odeint_event(fall, _drop(h), 0.0, event_fn=floor)[0]
 
-    with pytest.raises(NotImplementedError, match="eager code only"):
-        torch.func.grad(solve)(torch.tensor(1.0, dtype=F64))
+    with pytest.raises(Exception, match="eager code only"):
+        torch.compile(solve, fullgraph=True, backend="eager")(torch.tensor(1.0, dtype=F64))
 
 
 @pytest.mark.slow
