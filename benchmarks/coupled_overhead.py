@@ -14,11 +14,10 @@ loops, the checks. Best of 5, interleaved.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, CountingField
+from _common import RESULTS, CountingField, best_of
 
 import mali_func
 
@@ -28,15 +27,6 @@ CASES = {
     "ALF (MALI)": {"method": "alf"},
     "plain rk4 (checkpoint)": {"method": "rk4", "coupling": None, "gradient": "checkpoint"},
 }
-
-
-def best(fn, rounds: int = 5) -> float:  # type: ignore[no-untyped-def]
-    out = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - start)
-    return out
 
 
 def main() -> None:
@@ -70,7 +60,7 @@ def main() -> None:
         n_fwd = field.calls
         torch.autograd.grad(ys[-1].pow(2).mean(), params)
         n_bwd = field.calls - n_fwd
-        step = best(train)
+        step = best_of(train)
 
         def forward_work(n: int = n_fwd) -> None:
             with torch.no_grad():
@@ -83,7 +73,7 @@ def main() -> None:
                 _, pull = torch.func.vjp(lambda y, *p: field(t0, y), y0, *params)
                 pull(cot)
 
-        work = best(forward_work) + best(backward_work)
+        work = best_of(forward_work) + best_of(backward_work)
         lines.append(
             f"| {name} | {1e3 * step:.1f} | {n_fwd} + {n_bwd} | {1e3 * work:.1f} | "
             f"{1e3 * (step - work):.1f} | {(step - work) / step:.0%} |"

@@ -15,11 +15,10 @@ through the same computation.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS
+from _common import RESULTS, best_of
 from torch import Tensor, nn
 
 from mali_func import Adaptive, odeint
@@ -55,15 +54,6 @@ def _solve(field: Pendulum, y0: Tensor, t: Tensor, method: str, coupling: str | 
                   gradient=gradient, steps=steps, stats=True)  # fmt: skip
 
 
-def _step_time(run) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure(method: str, coupling: str | None, gradient: str, rtol: float, n_out: int,
             interpolate: bool) -> dict[str, float]:  # fmt: skip
     torch.manual_seed(0)
@@ -84,7 +74,7 @@ def measure(method: str, coupling: str | None, gradient: str, rtol: float, n_out
     return {
         "accepted": int(stats.n_accepted),
         "evals": int(stats.n_f_evals),
-        "time": _step_time(train_step),
+        "time": best_of(train_step),
         "error": float((out.detach() - ref).abs().max()),
         "grad_diff": max(float((a - b).abs().max()) for a, b in zip(got, exact)),
     }

@@ -29,12 +29,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import RESULTS, CountingField
+from _common import RESULTS, CountingField, timed
 from torch import Tensor, nn
 
 import mali_func
@@ -175,11 +174,9 @@ def column(f: CountingField, y0: Tensor, t: Tensor, setting: dict, rounds: int,
             continue
         calls[key] = f.calls
     best = dict.fromkeys(steps, math.inf)
-    for _ in range(rounds):
+    for _ in range(rounds):  # interleaved: every contender once per round
         for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            best[key] = min(best[key], time.perf_counter() - start)
+            best[key] = min(best[key], timed(step))
     for key in steps:
         out[key] = (best[key], calls[key])
     return out

@@ -185,9 +185,8 @@ class Solve(torch.autograd.Function):
         g_rows = None
         if spec.dense:  # the cotangents of the interpolated outputs' step starts
             g_rows = tuple(g.contiguous() for g in grads[ns : 2 * ns])
-        grid, ck = _grid_of(spec, t, n, params, extra, g_rows)
+        grid, ck, top = _grid_of(spec, t, n, params, extra, g_rows)
         if ck is not None:
-            top = extra if spec.tol is None else _kept(spec, ck)
             cot, acc, grad_t = _checkpointed(spec, ck, top, state0, cot, g_out, time_grad)
             return (None, grad_t, None, None, *cot, *acc)
         final = (*(y[-1] for y in trajs), *aux)
@@ -264,14 +263,6 @@ def _traced_checkpointer(spec: Spec, t: Tensor, params: Params, steps: Any) -> C
     return spec.checkpointer(FlatGrid(t, steps[0]), params, FIXED_BOUND, FIXED_BUDGET)
 
 
-def _kept(spec: Spec, ck: Checkpointer) -> Any:
-    """Level 0 as an eager adaptive forward kept it, when the checkpointer plans with it."""
-    level0 = spec.level0
-    if level0 is None or level0.rows is None or ck.plan.stride(0) != level0.stride:
-        return None
-    return level0.rows if ck.plan.levels <= 2 else None
-
-
 def _recorded(t: Tensor, records: Records, count: Any, slot: Tensor | None = None,
               g_rows: Any = None) -> RecordedGrid:  # fmt: skip
     """An adaptive solve's grid: its records, and the interpolated outputs' ``slot``."""
@@ -281,22 +272,24 @@ def _recorded(t: Tensor, records: Records, count: Any, slot: Tensor | None = Non
 
 
 def _grid_of(spec: Spec, t: Tensor, n: Tensor | None, params: Params, extra: tuple[Tensor, ...],
-             g_rows: Any = None) -> tuple[Grid, Checkpointer | None]:  # fmt: skip
-    """The forward's grid (and checkpointer under ``gradient="checkpoint"``) for the backward."""
+             g_rows: Any = None) -> tuple[Grid, Checkpointer | None, Any]:  # fmt: skip
+    """The forward's grid for the backward and, under ``gradient="checkpoint"``, its
+    checkpointer and the level 0 the forward kept (``None``: the backward records it)."""
     if spec.tol is None:
-        return spec.fixed(t, n, params)
+        grid, ck = spec.fixed(t, n, params)
+        return grid, ck, extra
     python = spec.loops is PYTHON
     records = Records(*extra[:N_RECORDS])
     count = records.start.shape[0] if python else extra[N_RECORDS]
     slot = extra[N_RECORDS + 1] if spec.dense else None
     grid = _recorded(t, records, count, slot, g_rows)
     if not spec.checkpoint:
-        return grid, None
+        return grid, None, None
     if python and spec.level0 is not None:  # the forward kept level 0: its plan
         kept = spec.level0.plan(count, spec.budget)
         if kept is not None:
-            return grid, spec.checkpointer(grid, params, count, plan_=kept)
-    return grid, spec.checkpointer(grid, params, count if python else spec.tol.max_steps)
+            return grid, spec.checkpointer(grid, params, count, plan_=kept), spec.level0.rows
+    return grid, spec.checkpointer(grid, params, count if python else spec.tol.max_steps), None
 
 
 def _checkpointed(spec: Spec, ck: Checkpointer, top: Any, state0: State, cot: State,

@@ -31,7 +31,7 @@ from ..backends._mode import is_concrete
 from ..schemes import ALF, Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
 from ._controllers import Tolerances, checked_proposal, error_norm, initial_step
-from ._dense import DenseRows, capture, dense, empty_rows
+from ._dense import DenseRows, capture, dense, empty_rows, finished
 from ._grid import Records, buffers, span, write_row
 
 STRETCH = 1.1
@@ -232,10 +232,9 @@ def control(
         for o, y in zip(carry.outputs, final)
     )
     rows = carry.rows or None
-    if rows is not None:
-        nan = tuple(torch.where(stats.failed, float("nan"), y) for y in rows.starts)
-        rows = rows._replace(starts=nan)
-        extra = scheme.evaluations_per_step * (times.shape[0] - 2)  # mali_func.stepping._dense
+    if rows is not None:  # the short steps' evaluations count as the solve's
+        rows = finished(rows, stats.failed)
+        extra = scheme.evaluations_per_step * (times.shape[0] - 2)
         stats = stats._replace(n_f_evals=stats.n_f_evals + extra)
     return outputs, carry.state, Records(*columns), count, stats, rows
 

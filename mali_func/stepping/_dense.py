@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ..backends._mode import tracing, under_transform
 from ..schemes import Field, Params, ReversibleScheme, State
+from ._grid import buffers, where_rows
 
 
 class DenseRows(NamedTuple):
@@ -54,21 +55,11 @@ def dense(tol: Any, t: Tensor) -> bool:
     return tol is not None and bool(getattr(tol, "interpolate", False)) and t.shape[0] > 2
 
 
-def copies(x: State, rows: int) -> State:
-    """``rows`` copies of each component of ``x``, stacked."""
-    return tuple(y.unsqueeze(0).expand(rows, *y.shape).contiguous() for y in x)
-
-
 def empty_rows(x0: State, t: Tensor) -> DenseRows:
     """Rows for the interior times of ``t``, none met yet."""
     rows = t.shape[0] - 2
     slot = torch.full((rows,), -1, dtype=torch.long, device=t.device)
-    return DenseRows(copies(x0, rows), slot, torch.zeros_like(t[1:-1]), torch.ones_like(t[1:-1]))
-
-
-def _where_rows(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """``new`` (one state, broadcast over the rows) in the rows of ``mask``, else ``old``."""
-    return torch.where(mask.reshape(-1, *(1,) * new.ndim), new.unsqueeze(0), old)
+    return DenseRows(buffers(x0, rows), slot, torch.zeros_like(t[1:-1]), torch.ones_like(t[1:-1]))
 
 
 def capture(
@@ -89,26 +80,16 @@ def capture(
     inner = t[1:-1]
     meets = taken & (rows.slot < 0) & ((direction * (inner - step_end) <= 0) | last)
     return DenseRows(
-        tuple(_where_rows(meets, y, r) for y, r in zip(before, rows.starts)),
+        tuple(where_rows(meets, y, r) for y, r in zip(before, rows.starts)),
         torch.where(meets, accepted, rows.slot),
         torch.where(meets, c, rows.start),
         torch.where(meets, theta, rows.size),
     )
 
 
-def record(starts: State, slot: Tensor, anchor: Tensor, active: Tensor, x: State) -> State:
-    """Replays: the state at ``anchor`` (after a step) into the rows whose step starts there."""
-    at = active & (slot == anchor)
-    return tuple(_where_rows(at, y, r) for y, r in zip(x, starts))
-
-
-def cotangent_at(anchor: Tensor | int, slot: Tensor, g_starts: State,
-                 active: Tensor | None = None) -> State:  # fmt: skip
-    """The cotangent the interpolated outputs give the state at ``anchor``."""
-    at = slot == anchor
-    if active is not None:
-        at = at & active
-    return tuple(torch.where(at.reshape(-1, *(1,) * (g.ndim - 1)), g, 0).sum(0) for g in g_starts)
+def finished(rows: DenseRows, failed: Tensor) -> DenseRows:
+    """The rows after the solve: NaN where it failed, as its outputs are."""
+    return rows._replace(starts=tuple(torch.where(failed, float("nan"), y) for y in rows.starts))
 
 
 def interpolate(scheme: ReversibleScheme, field: Field, params: Params, t: Tensor, ends: State,

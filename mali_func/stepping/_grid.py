@@ -42,7 +42,6 @@ from torch import Tensor
 
 from ..backends._flat import Count, Index, take
 from ..schemes import State
-from ._dense import copies, cotangent_at, record
 
 
 class StepInfo(NamedTuple):
@@ -274,6 +273,26 @@ class FlatGrid(Grid):
         return [] if self.m == 1 else buffers(y0, self.m + 1)
 
 
+def where_rows(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` (one state, broadcast over the rows) in the rows of ``mask``, else ``old``."""
+    return torch.where(mask.reshape(-1, *(1,) * new.ndim), new.unsqueeze(0), old)
+
+
+def record(starts: State, slot: Tensor, anchor: Tensor, active: Tensor, x: State) -> State:
+    """Replays: the state at ``anchor`` (after a step) into the rows whose step starts there."""
+    at = active & (slot == anchor)
+    return tuple(where_rows(at, y, r) for y, r in zip(x, starts))
+
+
+def cotangent_at(anchor: Tensor | int, slot: Tensor, g_starts: State,
+                 active: Tensor | None = None) -> State:  # fmt: skip
+    """The cotangent the interpolated outputs give the state at ``anchor``."""
+    at = slot == anchor
+    if active is not None:
+        at = at & active
+    return tuple(torch.where(at.reshape(-1, *(1,) * (g.ndim - 1)), g, 0).sum(0) for g in g_starts)
+
+
 class DenseGrid(RecordedGrid):
     """The recorded steps of an interpolating solve (:mod:`mali_func.stepping._dense`): they span
     ``[t_0, t_M]`` as one interval; the outputs are the rows at ``t_0`` and ``t_M`` and, per
@@ -287,6 +306,7 @@ class DenseGrid(RecordedGrid):
         super().__init__(t, records, count)
         self.slot, self.g_starts = slot, g_starts
         self.anchors = torch.cumsum(records.accepted.long(), 0)
+        self.span_index = torch.tensor([0, self.m], device=t.device)  # every step spans [t_0, t_M]
 
     @property
     def step_outputs(self) -> bool:  # type: ignore[override]
@@ -299,10 +319,10 @@ class DenseGrid(RecordedGrid):
                         take(self.anchors, k))  # fmt: skip
 
     def time_pair(self, info: StepInfo) -> Tensor:
-        return torch.tensor([0, self.m], device=self.t.device)
+        return self.span_index
 
     def new_outputs(self, y0: State, python: bool) -> Any:
-        return copies(y0, self.m - 1)  # y0: the extended state (``full_state``)
+        return buffers(y0, self.m - 1)  # y0: the extended state (``full_state``)
 
     def record_step(self, outs: Any, info: StepInfo, ys: State) -> Any:
         assert info.active is not None and info.anchor is not None
