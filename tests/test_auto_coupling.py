@@ -26,7 +26,8 @@ from mali_func.schemes import TABLEAUS
 @pytest.mark.parametrize("method", list(TABLEAUS))
 def test_stability_function_matches_the_exponential_to_the_methods_order(method: str) -> None:
     tab = TABLEAUS[method]
-    w = torch.tensor([0.05, 0.1], dtype=F64)
+    # dopri8's error is at round-off for w = 0.05: it is fitted further out.
+    w = torch.tensor([0.05, 0.1] if tab.order < 6 else [0.2, 0.4], dtype=F64)
     err = (tab.stability(-w) - torch.exp(-w)).abs()
     slope = math.log(err[1] / err[0]) / math.log(2.0)
     assert slope == pytest.approx(tab.order + 1, abs=0.3)

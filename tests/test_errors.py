@@ -72,7 +72,11 @@ def f(t, y):
         ({"adjoint_params": torch.ones(2)}, TypeError, "adjoint_params must be a sequence"),
         ({"adjoint_params": 3}, TypeError, "adjoint_params must be a sequence of tensors.*got int"),
         ({"adjoint_params": [Y0, "w"]}, TypeError, r"adjoint_params\[1\] must be a tensor"),
-        ({"method": "dopri8"}, ValueError, r"'dopri8' \(torchdiffeq\) has no reversible.*'alf'"),
+        (
+            {"method": "fixed_adams"},
+            ValueError,
+            r"'fixed_adams' \(torchdiffeq\) has no reversible.*odeint_adjoint runs it",
+        ),
         ({"method": "scipy_solver"}, ValueError, r"no reversible form.*'rk4'"),
         ({"method": "rk45"}, ValueError, r"method must be one of \[.*'dopri5'"),
         ({"method": "rk4", "scheme": ALF()}, ValueError, "either method or scheme"),

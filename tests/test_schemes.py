@@ -31,7 +31,8 @@ def test_solution_error_converges_at_the_methods_order(method: str) -> None:
     y0 = torch.tensor([[1.0, 0.5]], dtype=F64)
     t = torch.tensor([0.0, 2.0], dtype=F64)
     exact = y0 @ torch.linalg.matrix_exp(2.0 * A).T
-    steps = [20, 40, 80, 160]
+    # dopri8 reaches round-off by 40 steps here: its fit uses fewer.
+    steps = [20, 40, 80, 160] if TABLEAUS[method].order < 6 else [5, 7, 10, 14]
     errors = []
     for n in steps:
         # coupling 0.5 damps the parasitic mode (lambda / R(h mu) per step) within a few steps,

@@ -75,10 +75,22 @@ def test_heun2_is_heun_and_fehlberg2_adapts() -> None:
     torch.testing.assert_close(ys[-1], y0 * math.exp(-2), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("name", ["dopri8", "explicit_adams", "fixed_adams", "scipy_solver"])
-def test_methods_without_a_reversible_form_name_what_to_use(name: str) -> None:
-    with pytest.raises(ValueError, match=rf"'{name}' \(torchdiffeq\).*; use '(rk4|dopri5|tsit5)'"):
-        odeint_adjoint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], method=name)
+@pytest.mark.parametrize(
+    "name", ["explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver"]
+)
+def test_odeint_refuses_methods_without_a_reversible_form_and_names_odeint_adjoint(name) -> None:
+    with pytest.raises(ValueError, match=rf"'{name}' \(torchdiffeq\).*odeint_adjoint runs it"):
+        odeint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], method=name)
+
+
+def test_dopri8_is_an_adaptive_tableau_with_its_fifth_order_estimate() -> None:
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    assert TABLEAUS["dopri8"].order == 8 and TABLEAUS["dopri8"].b_error is not None
+    ys, stats = odeint_adjoint(_decay, y0, t, method="dopri8", rtol=1e-10, atol=1e-12, stats=True)
+    torch.testing.assert_close(ys[-1], y0 * math.exp(-2), rtol=1e-9, atol=0)
+    loose = odeint_adjoint(_decay, y0, t, method="dopri8", rtol=1e-6, atol=1e-8, stats=True)[1]
+    assert loose.n_accepted < stats.n_accepted
 
 
 @pytest.mark.parametrize("solve", [odeint, odeint_adjoint])

@@ -19,8 +19,10 @@ torchdiffeq's defaults for the last three are the integral controller's own.
 
 The method names that torchdiffeq and this library share (``"euler"``, ``"midpoint"``,
 ``"heun3"``, ``"adaptive_heun"``, ``"bosh3"``, ``"rk4"``, ``"dopri5"``, ``"tsit5"``) name the
-reversible coupling of the same tableau here; multistep, implicit and SciPy methods do not exist
-in a reversible form and are refused with the list of what does.
+reversible coupling of the same tableau here (as do ``"heun2"``, ``"fehlberg2"`` and ``"dopri8"``).
+The Adams family and ``"scipy_solver"`` have no reversible form: :func:`odeint` refuses them,
+:func:`~mali_func.odeint_adjoint` runs them as torchdiffeq does (:mod:`._adams`,
+:mod:`._scipy`).
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ _REFUSED_OPTIONS = {
     "interp": "interp is not supported: outputs are steps that land on every t[i]",
 }
 _NOT_REVERSIBLE = {
-    "dopri8": "an eighth-order pair is not implemented; use 'dopri5' or 'tsit5' at a smaller rtol",
-    "explicit_adams": "a multistep method; use 'rk4' (fixed grid) or 'dopri5' (adaptive)",
-    "implicit_adams": "an implicit multistep method; use 'dopri5' or 'tsit5' at a smaller rtol",
-    "fixed_adams": "a multistep method; use 'rk4' on the same grid",
-    "scipy_solver": "SciPy's solvers run outside autograd; use 'dopri5' or 'tsit5' (adaptive)",
+    "explicit_adams": "a multistep method; mali_func.odeint_adjoint runs it (differentiated "
+    "by backprop), or use 'rk4' (fixed grid) or 'dopri5' (adaptive)",
+    "implicit_adams": "an implicit multistep method; mali_func.odeint_adjoint runs it "
+    "(differentiated by backprop), or use 'dopri5' or 'tsit5' at a smaller rtol",
+    "fixed_adams": "a multistep method; mali_func.odeint_adjoint runs it (differentiated by "
+    "backprop), or use 'rk4' on the same grid",
+    "scipy_solver": "SciPy's solvers run outside autograd; mali_func.odeint_adjoint runs it "
+    "(continuous adjoint), or use 'dopri5' or 'tsit5' (adaptive)",
 }
 
 

@@ -15,7 +15,10 @@ from ..backends._mode import tracing
 from ..gradients._strategies import MALI
 from ..schemes import ADAPTIVE_METHODS, TABLEAUS
 from ..stepping._steps import Adaptive, Fixed
+from ._adams import METHODS as ADAMS
+from ._adams import adams_odeint
 from ._compat import FIXED_GRID_METHODS
+from ._scipy import scipy_odeint
 from ._shorthands import expand, replaced
 
 TORCHDIFFEQ_RTOL, TORCHDIFFEQ_ATOL, TORCHDIFFEQ_METHOD = 1e-7, 1e-9, "dopri5"
@@ -40,6 +43,16 @@ def odeint_adjoint(
     coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
     coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
     argument of :func:`odeint` is accepted."""
+    if isinstance(method, str) and method in ADAMS:
+        return adams_odeint(
+            func, y0, t, TORCHDIFFEQ_RTOL if rtol is None else rtol,
+            TORCHDIFFEQ_ATOL if atol is None else atol, options, method=method, **kwargs,
+        )  # fmt: skip
+    if method == "scipy_solver":
+        return scipy_odeint(
+            func, y0, t, TORCHDIFFEQ_RTOL if rtol is None else rtol,
+            TORCHDIFFEQ_ATOL if atol is None else atol, options, **kwargs,
+        )  # fmt: skip
     # The defaults are decided before the shorthands are folded into objects, so that
     # checkpoints=4 configures the default Checkpoint() of a plain Runge-Kutta method.
     args, stats = kwargs.pop("args", ()), kwargs.pop("stats", False)

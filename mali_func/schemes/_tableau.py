@@ -14,7 +14,7 @@ export like any other code. Coefficients are the published ones: Runge's midpoin
 method (also with Euler's as an embedded estimate; ``heun2`` is torchdiffeq's name for it),
 Fehlberg's RK1(2) pair (1969), Heun's third-order method, Euler's method, Bogacki & Shampine
 (1989), the classic fourth-order method and Kutta's 3/8 rule, Dormand & Prince (1980),
-Tsitouras (2011).
+Tsitouras (2011), and Dormand & Prince's eighth-order DOP853 (``"dopri8"``, :mod:`._dop853`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import _dop853
 from ._scheme import Field, Params, State, dot
 
 
@@ -302,8 +303,13 @@ TSIT5 = ButcherTableau(
     error_order=4,
 )
 
+# Dormand & Prince's DOP853 (Hairer, Norsett & Wanner 1993) with its fifth-order embedded estimate.
+DOPRI8 = ButcherTableau(
+    "dopri8", _dop853.A, _dop853.B, _dop853.C, order=8, b_error=_dop853.B_ERROR, error_order=5
+)
+
 _ALL = (EULER, MIDPOINT, HEUN, HEUN2, ADAPTIVE_HEUN, FEHLBERG2, HEUN3, BOSH3, RK4, RK4_ALT,
-        DOPRI5, TSIT5)  # fmt: skip
+        DOPRI5, TSIT5, DOPRI8)  # fmt: skip
 TABLEAUS = {tab.name: tab for tab in _ALL}
 
 
