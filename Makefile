@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench docs clean
+.PHONY: demo test test-fast lint bench paper docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ test-fast: lint
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# The paper's claims measured here (issue #30; about 35 minutes, one thread each):
+# benchmarks/results/paper/ gets the tables and plots; PAPER_ARGS=--quick for a smoke run.
+PAPER := OMP_NUM_THREADS=1 $(BIN)/python
+
+paper: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(PAPER) examples/time_series.py --out benchmarks/results/paper $(PAPER_ARGS)
+	$(PAPER) examples/continuous_flow.py --out benchmarks/results/paper $(PAPER_ARGS)
+	$(PAPER) benchmarks/paper_reverse.py --out benchmarks/results/paper $(PAPER_ARGS)
+	$(PAPER) benchmarks/paper_memory.py --out benchmarks/results/paper $(PAPER_ARGS)
 
 # The documentation site (docs/, mkdocs.yml): the guide and the API reference generated from the
 # docstrings; --strict turns a broken link or a docstring naming a missing argument into an error.

@@ -9,7 +9,7 @@ through the RK4 steps, and torchdiffeq's ``odeint_adjoint`` with rk4 when instal
 linear fit, the most steps each fits in a 2 GB budget. Table and plot in
 ``benchmarks/results/paper/``.
 
-    python benchmarks/paper_memory.py [--steps 10 20 40 80 160] [--budget-mb 2048]
+    python benchmarks/paper_memory.py [--steps 10 20 40 80 160] [--budget-mb 2048] [--quick]
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80, 160])
     parser.add_argument("--budget-mb", type=float, default=2048.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "paper")
+    parser.add_argument("--quick", action="store_true", help="10 and 20 steps only")
     args = parser.parse_args()
+    if args.quick:
+        args.steps = [10, 20]
     try:
         import torchdiffeq  # noqa: F401
 
