@@ -14,7 +14,7 @@ import torch
 from helpers import F64, relative_error
 from torch import Tensor
 
-from mali_func import odeint_adjoint
+from mali_func import CallbackWarning, odeint_adjoint
 from mali_func.interop._adams import coefficients
 
 A = torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=F64)
@@ -155,7 +155,8 @@ def test_a_corrector_that_does_not_converge_warns() -> None:
         ({"options": {"step_size": -0.1}}, r"step_size'\] must be positive"),
         ({"options": {"max_order": 0}}, r"max_order'\] must be an int in \[1, 12\]"),
         ({"options": {"norm": abs}}, r"unknown options \['norm'\]"),
-        ({"event_fn": lambda t, y: y.sum()}, r"event_fn with method='implicit_adams'.*'rk4'"),
+        ({"event_fn": lambda t, y: y.sum()}, r"event_fn with an Adams method needs .*step_size"),
+        ({"options": {"interp": "quadratic"}}, r"interp'\] must be 'cubic' or 'linear'"),
         ({"n_steps": 3}, r"torchdiffeq's arguments only; \['n_steps'\]"),
     ],
 )
@@ -178,3 +179,87 @@ def test_trajectories_match_torchdiffeqs_to_round_off(method: str, max_order: in
     ours = odeint_adjoint(field, Y0, t, 1e-7, 1e-9, method, options)
     theirs = torchdiffeq.odeint(field, Y0, t, rtol=1e-7, atol=1e-9, method=method, options=options)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-13)
+
+
+def _event_time(k: Tensor, y0: Tensor, interp: str) -> tuple[Tensor, Tensor]:
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    options = {"step_size": 0.01, "interp": interp}
+    return odeint_adjoint(
+        lambda t, y: -k * y, y0, t, 1e-7, 1e-12, "implicit_adams", options,
+        event_fn=lambda t, y: y.sum() - 0.5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("interp", ["cubic", "linear"])
+def test_an_event_is_found_on_the_interpolant_with_its_implicit_gradient(interp: str) -> None:
+    # y' = -k y from y0: y(t) = y0 exp(-k t) reaches 0.5 at t* = log(2 y0) / k.
+    k = torch.tensor(0.8, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.5], dtype=F64, requires_grad=True)
+    event_t, ys = _event_time(k, y0, interp)
+    want, close = math.log(3.0) / 0.8, 1e-7 if interp == "cubic" else 1e-4
+    assert ys.shape == (2, 1) and torch.equal(ys[0], y0)
+    assert event_t.item() == pytest.approx(want, rel=close)
+    assert ys[1].item() == pytest.approx(0.5, abs=close)
+    g_k, g_y0 = torch.autograd.grad(event_t, (k, y0))
+    # The chord's slope is second-order: so is the linear interpolant's event gradient.
+    assert g_k.item() == pytest.approx(-want / 0.8, rel=1e-5 if interp == "cubic" else 5e-3)
+    assert g_y0.item() == pytest.approx(1 / (0.8 * 1.5), rel=1e-5 if interp == "cubic" else 5e-3)
+    # The exact gradient of the discrete event time: central differences of the same solve.
+    eps = 1e-5
+    with torch.no_grad():
+        fd_k = (_event_time(k + eps, y0, interp)[0] - _event_time(k - eps, y0, interp)[0]) / (
+            2 * eps
+        )
+    assert g_k.item() == pytest.approx(fd_k.item(), rel=1e-5)
+
+
+def test_an_event_backwards_in_time_and_one_never_reached() -> None:
+    y0 = torch.tensor([1.0], dtype=F64)
+    t = torch.tensor([0.0, -1.0], dtype=F64)
+    event_t, _ = odeint_adjoint(
+        lambda t, y: y, y0, t, method="explicit_adams", options={"step_size": 0.01, "max_order": 5},
+        event_fn=lambda t, y: y.sum() - 0.5,
+    )  # fmt: skip
+    assert event_t.item() == pytest.approx(math.log(0.5), rel=1e-5)
+    with pytest.raises(RuntimeError, match="did not change sign within 20000 steps"):
+        odeint_adjoint(
+            lambda t, y: -y, y0, t.flip(0), method="explicit_adams",
+            options={"step_size": 0.01, "max_order": 5},
+            event_fn=lambda t, y: y.sum() + 1.0,
+        )  # fmt: skip
+
+
+def test_step_callbacks_run_once_per_grid_step_each_way() -> None:
+    seen: dict[str, list[float]] = {"forward": [], "backward": []}
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(-0.5, dtype=F64))
+
+        def forward(self, t: Tensor, y: Tensor) -> Tensor:
+            return self.w * y
+
+        def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+            seen["forward"].append(float(t0))
+
+        def callback_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+            seen["backward"].append(float(t0))
+
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = odeint_adjoint(Field(), Y0, t, method="implicit_adams", options={"step_size": 0.125})
+    grid = [0.125 * n for n in range(8)]
+    assert seen["forward"] == pytest.approx(grid) and not seen["backward"]
+    ys[-1].sum().backward()
+    assert seen["backward"] == pytest.approx(grid[::-1])
+
+
+def test_accept_and_reject_callbacks_warn_on_the_fixed_grid() -> None:
+    class Field(torch.nn.Module):
+        def forward(self, t: Tensor, y: Tensor) -> Tensor:
+            return -y
+
+        def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None: ...
+
+    with pytest.warns(CallbackWarning, match="callback_accept_step: a fixed grid"):
+        odeint_adjoint(Field(), Y0, torch.tensor([0.0, 1.0], dtype=F64), method="explicit_adams")

@@ -12,7 +12,7 @@ import torch
 from helpers import F64, relative_error
 from torch import Tensor, nn
 
-from mali_func import ReconstructionWarning, odeint, odeint_adjoint
+from mali_func import CallbackWarning, ReconstructionWarning, odeint, odeint_adjoint
 from mali_func.interop._scipy import SOLVERS
 
 pytest.importorskip("scipy")
@@ -157,3 +157,14 @@ def test_transforms_and_odeint_refuse_it_with_an_alternative() -> None:
         torch.func.vmap(solve)(y0)
     with pytest.raises(ValueError, match=r"odeint_adjoint runs it"):
         odeint(_linear, y0, T, method="scipy_solver")
+
+
+def test_step_callbacks_warn_that_scipy_does_not_call_them() -> None:
+    class Field(nn.Module):
+        def forward(self, t: Tensor, y: Tensor) -> Tensor:
+            return -y
+
+        def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None: ...
+
+    with pytest.warns(CallbackWarning, match="callback_step: scipy_solver .* calls no step"):
+        odeint_adjoint(Field(), torch.ones(2, dtype=F64), T, method="scipy_solver")

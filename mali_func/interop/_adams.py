@@ -19,13 +19,15 @@ Runge-Kutta steps until three field values are known, then Adams of as many step
 up to ``max_order - 1`` (default 12). Outputs between grid points are the cubic Hermite
 interpolant of the two neighbouring grid values and their field values (torchdiffeq's
 ``interp="cubic"``; fourth-order, like the steps, where its default linear interpolation is
-second-order).
+second-order; ``options["interp"] = "linear"`` asks for that), and an ``event_fn`` is found on
+that interpolant (:mod:`._adams_dense`). ``callback_step`` runs before every step and
+``callback_step_adjoint`` once per step in the backward pass.
 
 A multistep method has no one-step inverse, so MALI cannot rebuild its trajectory: the solve is
 plain torch code differentiated by autograd (the exact gradient of the discrete solve, memory
 linear in the steps, as torchdiffeq's ``odeint``; its ``odeint_adjoint`` solves the adjoint ODE
 with the same method instead). It runs under :mod:`torch.func` transforms (the corrector then
-takes all ``max_iters`` iterations); events are refused.
+takes all ``max_iters`` iterations and keeps its order); events and callbacks are eager only.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ import torch
 from torch import Tensor
 
 from ..backends._mode import is_concrete, tracing, under_transform
+from ..field._callbacks import callbacks_of
+from ._adams_dense import interpolate, until_event
 
 METHODS = {"explicit_adams": False, "implicit_adams": True, "fixed_adams": True}
 """torchdiffeq's Adams method names, and whether each is implicit."""
-OPTIONS = ("step_size", "grid_constructor", "perturb", "max_order", "max_iters")
+OPTIONS = ("step_size", "grid_constructor", "perturb", "max_order", "max_iters", "interp")
 MAX_ORDER, MAX_ITERS = 12, 4
 
 State = tuple[Tensor, ...]
@@ -78,6 +82,20 @@ def _axpy(y: State, h: Tensor, terms: Sequence[tuple[float, State]]) -> State:
     return tuple(out)
 
 
+class _Marked(torch.autograd.Function):
+    """The identity, calling ``hook()`` in the backward pass (a step's adjoint callbacks)."""
+
+    @staticmethod
+    def forward(ctx: Any, hook: Callable[[], None], *xs: Tensor) -> Any:
+        ctx.hook = hook
+        return tuple(x.view_as(x) for x in xs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Any:
+        ctx.hook()
+        return (None, *grads)
+
+
 class _Stepper:
     """The field at (possibly perturbed) times, the 3/8-rule start-up step, the corrector."""
 
@@ -92,6 +110,14 @@ class _Stepper:
         self.func, self.tuple_state, self.args = func, tuple_state, args
         self.perturb, self.tols, self.warned = perturb, tols, False
         self.exact_iters = tracing() or under_transform()
+        self.callbacks = callbacks_of(func, tuple_state, adaptive=False)
+
+    def marked(self, y1: State, t0: Tensor, y0: State, h: Tensor) -> State:
+        """``y1``, calling ``callback_step_adjoint(t0, y0, h)`` when its gradient arrives."""
+        if self.callbacks is None or not any(x.requires_grad for x in y1):
+            return y1
+        start = tuple(x.detach() for x in y0)
+        return _Marked.apply(lambda: self.callbacks.backward_step(t0.detach(), start, h), *y1)
 
     def f(self, t: Tensor, y: State, toward: Tensor | None = None) -> State:
         if self.perturb and toward is not None:
@@ -142,52 +168,45 @@ class _Stepper:
         return ratio < 1.0
 
 
+def advance(
+    stepper: _Stepper, t0: Tensor, t1: Tensor, y: State, history: deque[State], implicit: bool,
+    max_order: int,
+) -> tuple[State, State]:  # fmt: skip
+    """One step from ``(t0, y)`` to ``t1`` and the field at ``(t0, y)``; ``history`` (newest
+    first) gains that field value and, where the corrector does not converge, loses its oldest."""
+    h = t1 - t0
+    if stepper.callbacks is not None:
+        stepper.callbacks.trial(t0, y, h)
+    f0 = stepper.f(t0, y, toward=t1)
+    history.appendleft(f0)
+    order = min(len(history), max_order - 1)
+    if order < 3:
+        return stepper.marked(stepper.rk38(t0, h, y, f0), t0, y, h), f0
+    past = list(history)[:order]
+    zero = tuple(torch.zeros_like(x) for x in y)
+    dy = _axpy(zero, h, list(zip(coefficients(order, False), past)))
+    if implicit:
+        dy, converged = stepper.correct(t1, t0, h, y, dy, deque(past))
+        if not converged:  # as torchdiffeq: one order less from the next step on
+            history.pop()
+    return stepper.marked(tuple(a + b for a, b in zip(y, dy)), t0, y, h), f0
+
+
 def _walk(
     stepper: _Stepper, grid: Tensor, y0: State, implicit: bool, max_order: int
 ) -> tuple[list[State], list[State]]:
     """The states at the grid's points and the field there (one call per step, plus the last)."""
-    ys, fs, history = [y0], [], deque(maxlen=max(max_order - 1, 1))
+    ys, fs, history = [y0], [], new_history(max_order)
     for n in range(grid.numel() - 1):
-        t0, t1 = grid[n], grid[n + 1]
-        h, y = t1 - t0, ys[-1]
-        f0 = stepper.f(t0, y, toward=t1)
+        y1, f0 = advance(stepper, grid[n], grid[n + 1], ys[-1], history, implicit, max_order)
+        ys.append(y1)
         fs.append(f0)
-        history.appendleft(f0)
-        order = min(len(history), max_order - 1)
-        if order < 3:
-            ys.append(stepper.rk38(t0, h, y, f0))
-            continue
-        past = list(history)[:order]
-        zero = tuple(torch.zeros_like(x) for x in y)
-        dy = _axpy(zero, h, list(zip(coefficients(order, False), past)))
-        if implicit:
-            dy, converged = stepper.correct(t1, t0, h, y, dy, deque(past))
-            if not converged:  # as torchdiffeq: one order less from the next step on
-                history.pop()
-        ys.append(tuple(a + b for a, b in zip(y, dy)))
     fs.append(stepper.f(grid[-1], ys[-1], toward=grid[-2] if grid.numel() > 1 else None))
     return ys, fs
 
 
-def _hermite(grid: Tensor, ys: list[State], fs: list[State], at: Tensor) -> State:
-    """The cubic Hermite interpolant of the grid values at time ``at`` (exact at grid points)."""
-    forward = bool(grid[-1] >= grid[0])
-    key = grid.detach() if forward else -grid.detach()
-    where = key.new_tensor(float(at.detach()) if forward else -float(at.detach()))
-    k = int(torch.searchsorted(key, where, right=True)) - 1
-    k = min(max(k, 0), grid.numel() - 2)
-    if bool(grid[k] == at):
-        return ys[k]
-    if bool(grid[k + 1] == at):
-        return ys[k + 1]
-    h = grid[k + 1] - grid[k]
-    s = (at - grid[k]) / h
-    h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
-    h01, h11 = s**2 * (3 - 2 * s), s**2 * (s - 1)
-    return tuple(
-        h00 * a + h10 * h * fa + h01 * b + h11 * h * fb
-        for a, fa, b, fb in zip(ys[k], fs[k], ys[k + 1], fs[k + 1])
-    )
+def new_history(max_order: int) -> deque[State]:
+    return deque(maxlen=max(max_order - 1, 1))
 
 
 def _grid(t: Tensor, options: Mapping[str, Any], func: Any, y0: Any) -> Tensor:
@@ -237,11 +256,7 @@ def adams_odeint(
         "adjoint_params",
     ):
         rest.pop(unused, None)  # autograd differentiates every tensor the solve reads
-    if "event_fn" in rest:
-        raise ValueError(
-            f"event_fn with method={method!r} is not supported; use method='rk4' "
-            "with the same step_size"
-        )
+    event_fn = rest.pop("event_fn", None)
     if rest:
         raise ValueError(
             f"method={method!r} takes torchdiffeq's arguments only; {sorted(rest)} "
@@ -251,6 +266,10 @@ def adams_odeint(
     unknown = [k for k in settings if k not in OPTIONS]
     if unknown:
         raise ValueError(f"unknown options {unknown} for method={method!r}; valid: {list(OPTIONS)}")
+    if settings.get("interp", "cubic") not in ("cubic", "linear"):
+        raise ValueError(
+            f"options['interp'] must be 'cubic' or 'linear', got {settings['interp']!r}"
+        )
     max_order = settings.get("max_order", MAX_ORDER)
     if not isinstance(max_order, int) or not 1 <= max_order <= MAX_ORDER:
         raise ValueError(
@@ -273,8 +292,42 @@ def adams_odeint(
         func, tuple_state, tuple(args), bool(settings.get("perturb", False)), (rtol, atol)
     )
     stepper.iterations = int(settings.get("max_iters", MAX_ITERS))
+    cubic = settings.get("interp", "cubic") == "cubic"
+    if event_fn is not None:
+        return _event(stepper, event_fn, t, state, settings, (METHODS[method], max_order, atol))
     grid = _grid(t, settings, func, y0)
     ys, fs = _walk(stepper, grid, state, METHODS[method], max_order)
-    rows = ys if grid is t else [_hermite(grid, ys, fs, at) for at in t]
+    rows = ys if grid is t else [interpolate(grid, ys, fs, at, cubic) for at in t]
     out = tuple(torch.stack([r[i] for r in rows]) for i in range(len(state)))
     return out if tuple_state else out[0]
+
+
+def _event(
+    stepper: _Stepper,
+    event_fn: Callable[..., Any],
+    t: Tensor,
+    y0: State,
+    settings: Mapping[str, Any],
+    config: tuple[bool, int, float],
+) -> tuple[Tensor, Any]:
+    """``(event_t, solution)`` of a terminal event on the grid of ``step_size`` from ``t[0]``
+    in ``t``'s direction (``solution``: ``y0`` and the state at the event, stacked)."""
+    implicit, max_order, atol = config
+    if "step_size" not in settings:
+        raise ValueError("event_fn with an Adams method needs options['step_size'] (its grid)")
+    if tracing() or under_transform():
+        raise ValueError("event_fn with an Adams method runs in eager code only")
+    history = new_history(max_order)
+    h = float(settings["step_size"]) * torch.sign(t[-1] - t[0]).detach()
+    wrap = stepper.tuple_state
+
+    def event(at: Tensor, y: State) -> Tensor:
+        return event_fn(at, y if wrap else y[0])
+
+    def step(t0: Tensor, t1: Tensor, y: State) -> tuple[State, State]:
+        return advance(stepper, t0, t1, y, history, implicit, max_order)
+
+    cubic = settings.get("interp", "cubic") == "cubic"
+    event_t, y_event = until_event(step, stepper.f, event, t[0], h, y0, atol, cubic)
+    out = tuple(torch.stack([a, b]) for a, b in zip(y0, y_event))
+    return event_t, out if wrap else out[0]

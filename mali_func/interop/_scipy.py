@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backends._mode import tracing, under_transform
+from ..field._callbacks import NAMES, CallbackWarning
 from ..gradients._drift import ReconstructionWarning
 
 OPTIONS = ("solver", "min_step", "max_step", "first_step")
@@ -257,12 +258,26 @@ def scipy_odeint(
     if t.numel() == 1:
         ys = tuple(y.unsqueeze(0) for y in state)
         return ys if tuple_state else ys[0]
+    _warn_callbacks(func)
     params = _params(func, adjoint_params, tuple(args), y0, t)
     problem = _Problem(func, state, tuple(args), tuple_state, settings)
     forward_tols = (rtol, atol)
     backward_tols = (adjoint_tols[0] or rtol, adjoint_tols[1] or atol)
     ys = _ScipySolve.apply(problem, (forward_tols, backward_tols), t, len(state), *state, *params)
     return tuple(ys) if tuple_state else ys[0]
+
+
+def _warn_callbacks(func: Any) -> None:
+    found = [
+        n for n in (*NAMES, *(n + "_adjoint" for n in NAMES)) if callable(getattr(func, n, None))
+    ]
+    if found:
+        warnings.warn(
+            f"func's {', '.join(found)}: scipy_solver takes its steps inside SciPy and calls no "
+            "step callbacks; use method='dopri5' or 'tsit5' to have them called",
+            CallbackWarning,
+            stacklevel=3,
+        )
 
 
 def _params(

@@ -162,7 +162,11 @@ class CoupledRK(ReversibleScheme):
         if not self.auto:
             self._lam = torch.scalar_tensor(coupling) if tracing() else float(coupling)
         self.order = tableau.order
-        self.evaluations_per_step = 2 * len(tableau.b)  # two base steps
+        # Two base steps; without an estimate each skips the stages after its last weight,
+        # except the forward one of "auto", whose contraction reads them.
+        first = tableau.stages if self.auto else tableau.solution_stages
+        self.evaluations_per_step = first + tableau.solution_stages
+        self.evaluations_with_error = 2 * tableau.stages
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
 

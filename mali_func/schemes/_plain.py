@@ -37,7 +37,8 @@ class RungeKutta(ReversibleScheme):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
         self.tableau = tableau
         self.order = tableau.order
-        self.evaluations_per_step = len(tableau.b)
+        self.evaluations_per_step = tableau.solution_stages
+        self.evaluations_with_error = tableau.stages
         if tableau.b_error is not None:
             self.error_order = tableau.error_order or tableau.order - 1
 

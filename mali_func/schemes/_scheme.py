@@ -74,8 +74,13 @@ class ReversibleScheme(abc.ABC):
     ``err^(-1/(q+1))``."""
 
     evaluations_per_step: int = 1
-    """Field evaluations of one :meth:`step` (and of :meth:`step_with_error`), counted in
-    :class:`~mali_func.SolveStats` ``n_f_evals``; a scheme of your own declares its number."""
+    """Field evaluations of one :meth:`step`, counted in :class:`~mali_func.SolveStats`
+    ``n_f_evals``; a scheme of your own declares its number."""
+
+    evaluations_with_error: int | None = None
+    """Field evaluations of one :meth:`step_with_error`, where they differ from
+    :attr:`evaluations_per_step` (a Runge-Kutta step evaluates its last stage only for the
+    estimate)."""
 
     def has(self, method: str) -> bool:
         """Whether this scheme implements ``method`` itself (not just the base class's stub)."""

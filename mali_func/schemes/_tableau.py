@@ -86,6 +86,13 @@ class ButcherTableau:
         return len(self.b)
 
     @property
+    def solution_stages(self) -> int:
+        """The stages the solution needs: up to the last nonzero weight. Those after it (the last
+        stage of dopri5, tsit5, bosh3 and dopri8: ``f`` at the step's end, for the error estimate
+        and the next step) are evaluated only for an estimate or a contraction rate."""
+        return 1 + max(i for i, b in enumerate(self.b) if b != 0.0)
+
+    @property
     def stability_coefficients(self) -> tuple[float, ...]:
         """``(1, b^T 1, b^T A 1, b^T A^2 1, ...)``: the coefficients of ``R(w)`` in powers of
         ``w`` (``A`` is strictly lower triangular, so there are at most ``s + 1``). Computed at
@@ -127,7 +134,7 @@ class ButcherTableau:
         (:func:`stage_contraction`; ``None`` for a one-stage tableau), out of the gradient."""
         ks: list[State] = []
         points: list[State] = []
-        for i in range(self.stages):
+        for i in range(self.stages if error or rate else self.solution_stages):
             yi = y
             for j, a in enumerate(self.a[i]):
                 if a != 0.0:

@@ -48,11 +48,11 @@ class SolveStats(NamedTuple):
 
     ``n_f_evals`` counts the field evaluations of the forward solve: the checks of the field at
     ``t0`` and the scheme's start (:meth:`~mali_func.schemes.ReversibleScheme.init`), the
-    first-step estimate, and ``evaluations_per_step`` for every step tried (under ``vmap`` each
-    sample's own): the same count in every mode. Not counted: the backward pass, the replay of
-    the accepted steps with autograd by an eager ``gradient="backprop"`` adaptive solve, and the
-    trials an eager solve runs past its end before it reads its stop flag
-    (:meth:`mali_func.backends._loops.PythonLoops.while_`).
+    first-step estimate, and ``evaluations_with_error`` (else ``evaluations_per_step``) for every
+    step tried (under ``vmap`` each sample's own): the same count in every mode. Not counted:
+    the backward pass, the replay of the accepted steps with autograd by an eager
+    ``gradient="backprop"`` adaptive solve, and the trials an eager solve runs past its end
+    before it reads its stop flag (:meth:`mali_func.backends._loops.PythonLoops.while_`).
 
     ``fallback`` and ``parasitic`` report on the gradient's and the solution's trustworthiness.
     """
@@ -71,6 +71,11 @@ class SolveStats(NamedTuple):
     (:mod:`mali_func.stepping._parasitic`): the coupled pair's relative disagreement, or fixed-step
     ALF's velocity mismatch; 0 where nothing is measured (other schemes, adaptive ALF, whose error
     estimate holds it to the tolerances); not measured under export (``None``)."""
+
+
+def trial_evaluations(scheme: ReversibleScheme) -> int:
+    """Field evaluations of one adaptive trial (:meth:`~ReversibleScheme.step_with_error`)."""
+    return scheme.evaluations_with_error or scheme.evaluations_per_step
 
 
 def _select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -191,7 +196,7 @@ def control(
                            carry.c, theta)  # fmt: skip
         memory = tuple(_select(active, a, b) for a, b in zip(memory, carry.memory))
         stats = SolveStats(
-            carry.stats.n_f_evals + active.long() * scheme.evaluations_per_step,
+            carry.stats.n_f_evals + active.long() * trial_evaluations(scheme),
             carry.stats.n_accepted + ok.long(),
             carry.stats.n_rejected + (active & ~ok).long(),
             # A proposal that is not finite and positive (checked_proposal made it NaN) ends
