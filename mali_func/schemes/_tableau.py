@@ -135,10 +135,8 @@ class ButcherTableau:
         ks: list[State] = []
         points: list[State] = []
         for i in range(self.stages if error or rate else self.solution_stages):
-            yi = y
-            for j, a in enumerate(self.a[i]):
-                if a != 0.0:
-                    yi = tuple(x + (a * h) * k for x, k in zip(yi, ks[j]))
+            sums = _weighted(self.a[i], ks)
+            yi = y if sums is None else tuple(x + h * u for x, u in zip(y, sums))
             points.append(yi)
             ks.append(field(self._stage_time(t, h, self.c[i]), yi, params))
         psi = _combine(self.b, ks, h)
@@ -183,17 +181,29 @@ def stage_contraction(points: list[State], ks: list[State], c: tuple[float, ...]
         return best.clamp_min(0.0)
 
 
+def _weighted(weights: tuple[float, ...], ks: list[State]) -> State | None:
+    """``sum_i w_i k_i`` per component, skipping zero weights (``None`` if all are zero); ``h``
+    multiplies the sum once, not every term (small fields are bound by the kernel count). No
+    ``add(..., alpha=w)``: its fused kernels round differently with the memory layout, and a
+    batched sample must get its unbatched result bit for bit."""
+    terms = [(w, k) for w, k in zip(weights, ks) if w != 0.0]
+    if not terms:
+        return None
+    out: list[Tensor] = []
+    for n in range(len(terms[0][1])):
+        (w0, k0), *rest = terms
+        total = k0[n] * w0
+        for w, k in rest:
+            total = total + k[n] * w
+        out.append(total)
+    return tuple(out)
+
+
 def _combine(weights: tuple[float, ...], ks: list[State], h: Tensor) -> State:
     """``h * sum_i w_i k_i`` per component, skipping zero weights."""
-    out: list[Tensor] = []
-    for n in range(len(ks[0])):
-        total: Tensor | None = None
-        for w, k in zip(weights, ks):
-            if w != 0.0:
-                total = w * k[n] if total is None else total + w * k[n]
-        assert total is not None
-        out.append(h * total)
-    return tuple(out)
+    total = _weighted(weights, ks)
+    assert total is not None
+    return tuple(h * x for x in total)
 
 
 def _embedded(b: tuple[float, ...], b_hat: tuple[float, ...]) -> tuple[float, ...]:
