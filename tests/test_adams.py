@@ -263,3 +263,15 @@ def test_accept_and_reject_callbacks_warn_on_the_fixed_grid() -> None:
 
     with pytest.warns(CallbackWarning, match="callback_accept_step: a fixed grid"):
         odeint_adjoint(Field(), Y0, torch.tensor([0.0, 1.0], dtype=F64), method="explicit_adams")
+
+
+def test_an_event_in_float32_stops_bisecting_at_the_times_precision() -> None:
+    # atol 1e-9 is below float32's spacing near t = 0.87: the bisection ends there, not never.
+    y0 = torch.tensor([1.0])
+    t = torch.tensor([0.0, 1.0])
+    event_t, _ = odeint_adjoint(
+        lambda t, y: -y, y0, t, 1e-7, 1e-9, "implicit_adams", {"step_size": 0.01},
+        event_fn=lambda t, y: y.sum() - 0.42,
+    )  # fmt: skip
+    assert event_t.dtype == torch.float32
+    assert event_t.item() == pytest.approx(-math.log(0.42), rel=1e-5)

@@ -13,14 +13,15 @@ or, with ``options["interp"] = "linear"``, the chord (torchdiffeq's default, sec
 
 An event (``event_fn``) is the first sign change of :math:`g(t, y(t))` along the grid of
 ``step_size`` from ``t[0]`` (in ``t``'s direction): the step that changes the sign is bisected on
-the interpolant to ``atol`` (as torchdiffeq's fixed-grid solvers do), and the time gets the
-implicit-function gradient of :math:`G(t) = g(t, y(t)) = 0`,
+the interpolant to ``atol`` or the time's precision (as torchdiffeq's fixed-grid solvers do),
+and the time gets the implicit-function gradient of :math:`G(t) = g(t, y(t)) = 0`,
 :math:`\partial t^* / \partial \theta = -(\partial G / \partial \theta) / G'(t^*)`, by one
 Newton step whose value is zero: the returned time is the bisection's.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -114,8 +115,12 @@ def until_event(
     ends = (tk, t1, yk, fk, y1, f1)
     with torch.no_grad():
         lo, hi = tk.detach(), t1.detach()
-        while bool((hi - lo).abs() > tol):
+        # Halvings to reach tol, as torchdiffeq counts them; fewer where the time's precision
+        # ends first (float32 cannot split an interval of one ulp).
+        for _ in range(max(math.ceil(math.log2(float(h.abs()) / tol)), 0) if tol > 0 else 64):
             mid = (lo + hi) / 2
+            if bool(mid == lo) or bool(mid == hi):
+                break
             same = _sign(event(mid, segment(*ends, mid, cubic))) == sign0
             lo, hi = (mid, hi) if bool(same) else (lo, mid)
         tb = (lo + hi) / 2
