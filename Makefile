@@ -34,16 +34,17 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-# The paper's claims measured here (issue #30; about 35 minutes, one thread each):
-# benchmarks/results/paper/ gets the tables and plots; PAPER_ARGS=--quick for a smoke run.
+# The paper's claims measured here (issue #30; about 35 minutes, one thread each): tables and
+# plots in PAPER_OUT. A smoke run: make paper PAPER_ARGS=--quick PAPER_OUT=/tmp/paper
 PAPER := OMP_NUM_THREADS=1 $(BIN)/python
+PAPER_OUT ?= benchmarks/results/paper
 
 paper: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(PAPER) examples/time_series.py --out benchmarks/results/paper $(PAPER_ARGS)
-	$(PAPER) examples/continuous_flow.py --out benchmarks/results/paper $(PAPER_ARGS)
-	$(PAPER) benchmarks/paper_reverse.py --out benchmarks/results/paper $(PAPER_ARGS)
-	$(PAPER) benchmarks/paper_memory.py --out benchmarks/results/paper $(PAPER_ARGS)
+	$(PAPER) examples/time_series.py --out $(PAPER_OUT) $(PAPER_ARGS)
+	$(PAPER) examples/continuous_flow.py --out $(PAPER_OUT) $(PAPER_ARGS)
+	$(PAPER) benchmarks/paper_reverse.py --out $(PAPER_OUT) $(PAPER_ARGS)
+	$(PAPER) benchmarks/paper_memory.py --out $(PAPER_OUT) $(PAPER_ARGS)
 
 # The documentation site (docs/, mkdocs.yml): the guide and the API reference generated from the
 # docstrings; --strict turns a broken link or a docstring naming a missing argument into an error.
