@@ -157,13 +157,26 @@ def test_a_corrector_that_does_not_converge_warns() -> None:
         ({"options": {"norm": abs}}, r"unknown options \['norm'\]"),
         ({"event_fn": lambda t, y: y.sum()}, r"event_fn with an Adams method needs .*step_size"),
         ({"options": {"interp": "quadratic"}}, r"interp'\] must be 'cubic' or 'linear'"),
+        ({"options": {"step_size": 1e-300}}, r"makes more than 10,000,000 steps"),
+        ({"options": {"step_size": float("inf")}}, r"step_size'\] must be positive and finite"),
+        ({"options": {"step_size": 0.1, "max_iters": 0}}, r"max_iters'\] must be an int >= 1"),
+        (
+            {"options": {"grid_constructor": lambda f, y, t: torch.tensor([0.0, 0.7, 0.3, 1.0])}},
+            r"strictly monotonic in t's direction",
+        ),
+        ({"t": torch.tensor([0.0, 1.0, 0.5])}, "t must be strictly increasing or strictly"),
+        ({"y0": torch.tensor([1, 2])}, "y0 must have a floating-point dtype"),
+        ({"y0": torch.tensor([math.nan, 1.0])}, "y0 must be finite"),
+        ({"rtol": -1.0}, "rtol must be positive and finite"),
+        ({"func": lambda t, y: y[:1]}, r"func must return a tensor of the shape and dtype of y0"),
         ({"n_steps": 3}, r"torchdiffeq's arguments only; \['n_steps'\]"),
     ],
 )
 def test_bad_input_is_named(kwargs: dict, match: str) -> None:
-    t = torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match=match):
-        odeint_adjoint(_linear, Y0, t, method="implicit_adams", **kwargs)
+    call = {"func": _linear, "y0": Y0, "t": torch.tensor([0.0, 1.0], dtype=F64), **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        odeint_adjoint(call.pop("func"), call.pop("y0"), call.pop("t"), method="implicit_adams",
+                       **call)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])

@@ -137,14 +137,21 @@ def test_a_well_resolved_backward_solve_does_not_warn() -> None:
         ({"options": {"solver": "euler"}}, ValueError, r"options\['solver'\] must be one of"),
         ({"options": {"step_size": 0.1}}, ValueError, r"unknown options \['step_size'\]"),
         ({"n_steps": 4}, ValueError, r"torchdiffeq's arguments only; \['n_steps'\]"),
-        ({"t": torch.zeros(2, 2, dtype=F64)}, ValueError, "t must be a non-empty 1-D"),
+        ({"t": torch.zeros(2, 2, dtype=F64)}, ValueError, "t must be 1-D"),
+        ({"t": torch.tensor([0.0, 1.0, 0.5], dtype=F64)}, ValueError, "strictly increasing"),
+        ({"y0": torch.tensor([1, 2])}, TypeError, "y0 must have a floating-point dtype"),
+        ({"y0": torch.tensor([math.nan, 1.0], dtype=F64)}, ValueError, "y0 must be finite"),
+        ({"rtol": -1.0}, ValueError, "rtol must be positive and finite"),
+        ({"func": lambda t, y: y[:1]}, ValueError, "func must return a tensor of the shape"),
+        ({"event_fn": lambda t, y: y.sum()}, ValueError, r"event_fn with method='scipy_solver'"),
         ({"adjoint_params": (1.0,)}, TypeError, r"adjoint_params\[0\] must be a tensor"),
     ],
 )
 def test_bad_input_is_named(kwargs: dict, error: type, match: str) -> None:
-    call = {"t": T, **kwargs}
+    call = {"func": _linear, "y0": torch.ones(2, dtype=F64), "t": T, **kwargs}
     with pytest.raises(error, match=match):
-        odeint_adjoint(_linear, torch.ones(2, dtype=F64), method="scipy_solver", **call)
+        odeint_adjoint(call.pop("func"), call.pop("y0"), call.pop("t"), method="scipy_solver",
+                       **call)  # fmt: skip
 
 
 def test_transforms_and_odeint_refuse_it_with_an_alternative() -> None:

@@ -44,7 +44,8 @@ from torch import Tensor
 
 from ..backends._mode import is_concrete, tracing, under_transform
 from ..field._callbacks import callbacks_of
-from ._adams_dense import interpolate, until_event
+from ._adams_dense import interpolate, uniform_grid, until_event
+from ._inputs import checked_field, torchdiffeq_inputs
 
 METHODS = {"explicit_adams": False, "implicit_adams": True, "fixed_adams": True}
 """torchdiffeq's Adams method names, and whether each is implicit."""
@@ -102,12 +103,13 @@ class _Stepper:
     def __init__(
         self,
         func: Callable[..., Any],
+        state: State,
         tuple_state: bool,
         args: tuple[Tensor, ...],
         perturb: bool,
         tols: tuple[float, float],
     ) -> None:
-        self.func, self.tuple_state, self.args = func, tuple_state, args
+        self.field, self.tuple_state = checked_field(func, state, tuple_state, args), tuple_state
         self.perturb, self.tols, self.warned = perturb, tols, False
         self.exact_iters = tracing() or under_transform()
         self.callbacks = callbacks_of(func, tuple_state, adaptive=False)
@@ -122,8 +124,7 @@ class _Stepper:
     def f(self, t: Tensor, y: State, toward: Tensor | None = None) -> State:
         if self.perturb and toward is not None:
             t = t + (torch.nextafter(t.detach(), toward.detach()) - t.detach())
-        out = self.func(t, y if self.tuple_state else y[0], *self.args)
-        return tuple(out) if self.tuple_state else (out,)
+        return self.field(t, y)
 
     def rk38(self, t: Tensor, h: Tensor, y: State, f0: State) -> State:
         t1 = t + h
@@ -209,31 +210,6 @@ def new_history(max_order: int) -> deque[State]:
     return deque(maxlen=max(max_order - 1, 1))
 
 
-def _grid(t: Tensor, options: Mapping[str, Any], func: Any, y0: Any) -> Tensor:
-    """The uniform grid of ``step_size`` from ``t[0]`` to ``t[-1]`` (the last step shorter),
-    ``grid_constructor(func, y0, t)``, or ``t`` itself."""
-    if "step_size" in options and "grid_constructor" in options:
-        raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
-    if "step_size" in options:
-        size = float(options["step_size"])
-        if not size > 0:
-            raise ValueError(f"options['step_size'] must be positive, got {size}")
-        span = float(t[-1].detach() - t[0].detach())
-        n = max(int(-(-abs(span) // size)), 1)
-        sign = 1.0 if span >= 0 else -1.0
-        inner = t[0] + sign * size * torch.arange(n, dtype=t.dtype, device=t.device)
-        return torch.cat([inner, t[-1:]])
-    if "grid_constructor" in options:
-        made = options["grid_constructor"](func, y0, t)
-        grid = torch.as_tensor(made, dtype=t.dtype, device=t.device)
-        if grid.ndim != 1 or grid.numel() < 2 or not bool(grid[0] == t[0] and grid[-1] == t[-1]):
-            raise ValueError(
-                "options['grid_constructor'] must return a 1-D tensor of times from t[0] to t[-1]"
-            )
-        return grid
-    return t
-
-
 def adams_odeint(
     func: Callable[..., Any],
     y0: Any,
@@ -275,11 +251,12 @@ def adams_odeint(
         raise ValueError(
             f"options['max_order'] must be an int in [1, {MAX_ORDER}], got {max_order!r}"
         )
-    tuple_state = isinstance(y0, tuple)
-    state = tuple(y0) if tuple_state else (y0,)
-    t = torch.as_tensor(t).to(state[0].dtype)
-    if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
+    iterations = settings.get("max_iters", MAX_ITERS)
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise ValueError(f"options['max_iters'] must be an int >= 1, got {iterations!r}")
+    if not isinstance(settings.get("perturb", False), bool):
+        raise TypeError(f"options['perturb'] must be a bool, got {settings['perturb']!r}")
+    state, tuple_state, t = torchdiffeq_inputs(func, y0, t, rtol, atol)
     if t.numel() == 1:
         ys = tuple(y.unsqueeze(0) for y in state)
         return ys if tuple_state else ys[0]
@@ -289,13 +266,13 @@ def adams_odeint(
             "plain tensor (not batched by vmap, not traced)"
         )
     stepper = _Stepper(
-        func, tuple_state, tuple(args), bool(settings.get("perturb", False)), (rtol, atol)
+        func, state, tuple_state, tuple(args), settings.get("perturb", False), (rtol, atol)
     )
-    stepper.iterations = int(settings.get("max_iters", MAX_ITERS))
+    stepper.iterations = iterations
     cubic = settings.get("interp", "cubic") == "cubic"
     if event_fn is not None:
         return _event(stepper, event_fn, t, state, settings, (METHODS[method], max_order, atol))
-    grid = _grid(t, settings, func, y0)
+    grid = uniform_grid(t, settings, func, y0)
     ys, fs = _walk(stepper, grid, state, METHODS[method], max_order)
     rows = ys if grid is t else [interpolate(grid, ys, fs, at, cubic) for at in t]
     out = tuple(torch.stack([r[i] for r in rows]) for i in range(len(state)))

@@ -1,4 +1,8 @@
-r"""Outputs between the Adams methods' grid points, and their terminal events.
+r"""The Adams methods' grid, outputs between its points, and terminal events.
+
+The grid is uniform, of ``options["step_size"]`` from ``t[0]`` towards ``t[-1]`` (the last step
+shorter, as torchdiffeq's), or ``options["grid_constructor"](func, y0, t)`` (strictly monotonic
+from ``t[0]`` to ``t[-1]``), or ``t`` itself.
 
 Between grid points :math:`t_k < t < t_{k+1}` (:math:`s = (t - t_k)/h`) the solution is the cubic
 Hermite interpolant of the two grid values and their field values (torchdiffeq's
@@ -22,15 +26,50 @@ Newton step whose value is zero: the returned time is the bisection's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._inputs import positive_option
+
 State = tuple[Tensor, ...]
+MAX_GRID = 10_000_000
+"""The most steps a ``step_size`` may ask for (a mistyped one fails at once, not after hours)."""
 MAX_EVENT_STEPS = 20_000
 """Grid steps an event search takes before it gives up (torchdiffeq's limit)."""
+
+
+def uniform_grid(t: Tensor, options: Mapping[str, Any], func: Any, y0: Any) -> Tensor:
+    """The uniform grid of ``step_size`` from ``t[0]`` to ``t[-1]`` (the last step shorter),
+    ``grid_constructor(func, y0, t)``, or ``t`` itself."""
+    if "step_size" in options and "grid_constructor" in options:
+        raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
+    if "step_size" in options:
+        size = positive_option(options, "step_size")
+        span = float(t[-1].detach() - t[0].detach())
+        if abs(span) / size > MAX_GRID:
+            raise ValueError(
+                f"options['step_size'] = {size:g} makes more than {MAX_GRID:,} steps over "
+                f"[{float(t[0]):g}, {float(t[-1]):g}]"
+            )
+        n = max(int(-(-abs(span) // size)), 1)
+        sign = 1.0 if span >= 0 else -1.0
+        inner = t[0] + sign * size * torch.arange(n, dtype=t.dtype, device=t.device)
+        return torch.cat([inner, t[-1:]])
+    if "grid_constructor" in options:
+        made = options["grid_constructor"](func, y0, t)
+        grid = torch.as_tensor(made, dtype=t.dtype, device=t.device)
+        steps = grid[1:] - grid[:-1] if grid.ndim == 1 else grid
+        ends = grid.ndim == 1 and grid.numel() >= 2 and bool(grid[0] == t[0] and grid[-1] == t[-1])
+        if not ends or not bool((steps * (t[-1] - t[0]) > 0).all()):
+            raise ValueError(
+                "options['grid_constructor'] must return a 1-D tensor of times from t[0] to "
+                "t[-1], strictly monotonic in t's direction"
+            )
+        return grid
+    return t
 
 
 def interpolate(
@@ -148,4 +187,4 @@ def _newton(
     return event_t, segment(*ends, event_t, cubic)
 
 
-__all__ = ["MAX_EVENT_STEPS", "interpolate", "segment", "until_event"]
+__all__ = ["MAX_EVENT_STEPS", "MAX_GRID", "interpolate", "segment", "uniform_grid", "until_event"]

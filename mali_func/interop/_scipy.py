@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..backends._mode import tracing, under_transform
 from ..field._callbacks import NAMES, CallbackWarning
 from ..gradients._drift import ReconstructionWarning
+from ._inputs import checked_field, torchdiffeq_inputs
 
 OPTIONS = ("solver", "min_step", "max_step", "first_step")
 """The ``options`` keys of ``scipy_solver`` (those of :func:`scipy.integrate.solve_ivp`)."""
@@ -55,6 +56,7 @@ class _Problem:
         settings: dict[str, Any],
     ) -> None:
         self.func, self.args, self.tuple_state, self.settings = func, args, tuple_state, settings
+        self.field = checked_field(func, y0, tuple_state, args)
         self.shapes = [y.shape for y in y0]
         self.sizes = [y.numel() for y in y0]
         self.dtype, self.device = y0[0].dtype, y0[0].device
@@ -67,11 +69,9 @@ class _Problem:
         flat = torch.as_tensor(np.asarray(z)).to(self.device, self.dtype)
         return tuple(p.reshape(s) for p, s in zip(flat.split(self.sizes), self.shapes))
 
-    def call(
-        self, t: Tensor, y: tuple[Tensor, ...], args: tuple[Tensor, ...]
-    ) -> tuple[Tensor, ...]:
-        out = self.func(t, y if self.tuple_state else y[0], *args)
-        return tuple(out) if self.tuple_state else (out,)
+    def call(self, t: Tensor, y: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The field at ``(t, y)`` (its first value checked against ``y0``)."""
+        return self.field(t, y)
 
     def time(self, s: float) -> Tensor:
         return torch.tensor(s, dtype=self.dtype, device=self.device)
@@ -112,7 +112,7 @@ def _forward(
 
     def rhs(s: float, z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return problem.pack(problem.call(problem.time(s), problem.unpack(z), problem.args))
+            return problem.pack(problem.call(problem.time(s), problem.unpack(z)))
 
     sol = problem.solve(rhs, problem.pack(y0), (times[0], times[-1]), times, tols)
     columns = [problem.unpack(sol.y[:, i]) for i in range(len(times))]
@@ -126,7 +126,7 @@ def _adjoint_rhs(problem: _Problem, params: tuple[Tensor, ...]) -> Callable[...,
         y = tuple(c.requires_grad_() for c in problem.unpack(z[:n]))
         a = problem.unpack(z[n : 2 * n])
         with torch.enable_grad():
-            f = problem.call(problem.time(s), y, problem.args)
+            f = problem.call(problem.time(s), y)
             grads = torch.autograd.grad(f, (*y, *params), a, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (*y, *params))]
         return np.concatenate([problem.pack(f), -problem.pack(grads)])
@@ -152,9 +152,7 @@ def _backward(
         y_i = problem.pack([y[i] for y in ys])
         if g_t is not None:
             with torch.no_grad():
-                f_i = problem.pack(
-                    problem.call(problem.time(times[i]), problem.unpack(y_i), problem.args)
-                )
+                f_i = problem.pack(problem.call(problem.time(times[i]), problem.unpack(y_i)))
             g_t[i] = float(np.real(np.vdot(problem.pack([c[i] for c in cots]), f_i)))
         z = problem.solve(
             rhs, np.concatenate([y_i, a, g_p]), (times[i], times[i - 1]), None, tols
@@ -165,9 +163,7 @@ def _backward(
         a, g_p = z[n : 2 * n], z[2 * n :]
         if g_t is not None and i == 1:
             with torch.no_grad():
-                f_0 = problem.pack(
-                    problem.call(problem.time(times[0]), problem.unpack(y_prev), problem.args)
-                )
+                f_0 = problem.pack(problem.call(problem.time(times[0]), problem.unpack(y_prev)))
             g_t[0] = -float(np.real(np.vdot(a, f_0)))
         a = a + problem.pack([c[i - 1] for c in cots])
     if drift > DRIFT_LIMIT:
@@ -233,6 +229,11 @@ def scipy_odeint(
             "method='scipy_solver' needs SciPy: pip install 'mali-func[scipy]'"
         ) from missing
     adjoint_tols = (rest.pop("adjoint_rtol", None), rest.pop("adjoint_atol", None))
+    if "event_fn" in rest:
+        raise ValueError(
+            "event_fn with method='scipy_solver' is not supported (nor in torchdiffeq); use "
+            "method='dopri5' or 'tsit5'"
+        )
     for unused in ("adjoint_method", "adjoint_options"):
         rest.pop(unused, None)
     if rest:
@@ -250,11 +251,7 @@ def scipy_odeint(
         raise ValueError(
             f"options['solver'] must be one of {list(SOLVERS)}, got {settings['solver']!r}"
         )
-    tuple_state = isinstance(y0, tuple)
-    state = tuple(y0) if tuple_state else (y0,)
-    t = torch.as_tensor(t).to(state[0].dtype)
-    if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
+    state, tuple_state, t = torchdiffeq_inputs(func, y0, t, rtol, atol)
     if t.numel() == 1:
         ys = tuple(y.unsqueeze(0) for y in state)
         return ys if tuple_state else ys[0]
