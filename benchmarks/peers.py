@@ -143,21 +143,21 @@ def _training_step(solve: Solver, f: CountingField, y0: Tensor, t: Tensor, s: di
 
 
 def column(f: CountingField, y0: Tensor, t: Tensor, setting: dict, rounds: int,
-           all_outputs: bool = False, name: str | None = None) -> Column:  # fmt: skip
-    """Best training-step time and field calls of every applicable contender (or of ``name``
-    alone), interleaved."""
+           all_outputs: bool = False, each: dict[str, dict] | None = None) -> Column:  # fmt: skip
+    """Best training-step time and field calls of every applicable contender (or of those in
+    ``each``, each at its own setting), interleaved."""
     steps: dict[str, Callable[[], list[Tensor]]] = {}
     out: Column = {}
-    kind = "fixed" if "n" in setting else "adaptive"
     for name_, (solve, kinds) in contenders().items():
-        if name is not None and name_ != name:
+        if each is not None and name_ not in each:
             continue
+        own = setting if each is None else each[name_]
         if solve is None:
             out[name_] = "not installed"
-        elif kind not in kinds:
+        elif ("fixed" if "n" in own else "adaptive") not in kinds:
             out[name_] = "-"
         else:
-            steps[name_] = _training_step(solve, f, y0, t, setting, all_outputs)
+            steps[name_] = _training_step(solve, f, y0, t, own, all_outputs)
     calls: dict[str, int] = {}
     for key, step in list(steps.items()):
         print(f"  {key} {setting}", file=sys.stderr)
@@ -242,9 +242,10 @@ def main() -> None:
     y2, t2 = torch.randn(32, 16, dtype=torch.float64), torch.tensor([0.0, 10.0]).double()
     chosen = cheapest(f2, y2, t2, 1e-6)
     p2: dict[str, tuple[float, int] | str] = {}
-    for name, setting in chosen.items():
-        only = {k: v for k, v in setting.items() if k in ("n", "rtol")}
-        result = column(f2, y2, t2, only, args.rounds, name=name)[name]
+    own = {name: {k: v for k, v in c.items() if k in ("n", "rtol")} for name, c in chosen.items()}
+    timed_p2 = column(f2, y2, t2, {}, args.rounds, each=own)  # interleaved, as the others
+    for name, only in own.items():
+        result = timed_p2[name]
         label = f"n={only['n']}" if "n" in only else f"rtol={only['rtol']:g}"
         p2[name] = result if isinstance(result, str) else (*result, label)  # type: ignore[assignment]
     for name, (solve, _) in contenders().items():
