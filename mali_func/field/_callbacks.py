@@ -25,6 +25,8 @@ from ..backends import _mode
 
 NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
 """The forward callbacks; the backward ones add ``_adjoint``."""
+ALL_NAMES = (*NAMES, *(n + "_adjoint" for n in NAMES))
+"""Every callback a field may carry, forward and backward."""
 
 
 class CallbackWarning(UserWarning):
@@ -64,11 +66,7 @@ def callbacks_of(func: Any, tuple_state: bool, *, adaptive: bool = True) -> Call
     if _mode.tracing():
         _has_callbacks_traced(func)  # warns once, while dynamo traces
         return None
-    found = {
-        name: fn
-        for name in (*NAMES, *(n + "_adjoint" for n in NAMES))
-        if callable(fn := getattr(func, name, None))
-    }
+    found = {name: fn for name in ALL_NAMES if callable(fn := getattr(func, name, None))}
     if not found:
         return None
     if _mode.under_transform():
@@ -88,7 +86,7 @@ def callbacks_of(func: Any, tuple_state: bool, *, adaptive: bool = True) -> Call
 @torch.compiler.assume_constant_result
 def _has_callbacks_traced(func: Any) -> bool:
     """Run once while dynamo traces: warn if the field has callbacks that will not run."""
-    if any(callable(getattr(func, n, None)) for n in (*NAMES, *(n + "_adjoint" for n in NAMES))):
+    if any(callable(getattr(func, n, None)) for n in ALL_NAMES):
         _warn("torch.compile or export")
         return True
     return False

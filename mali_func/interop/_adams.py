@@ -42,10 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._events import _event_value
 from ..backends._mode import is_concrete, tracing, under_transform
 from ..field._callbacks import callbacks_of
 from ._adams_dense import interpolate, uniform_grid, until_event
-from ._inputs import checked_field, torchdiffeq_inputs
+from ._inputs import checked_field, settings_of, stacked_y0, torchdiffeq_inputs
 
 METHODS = {"explicit_adams": False, "implicit_adams": True, "fixed_adams": True}
 """torchdiffeq's Adams method names, and whether each is implicit."""
@@ -233,15 +234,7 @@ def adams_odeint(
     ):
         rest.pop(unused, None)  # autograd differentiates every tensor the solve reads
     event_fn = rest.pop("event_fn", None)
-    if rest:
-        raise ValueError(
-            f"method={method!r} takes torchdiffeq's arguments only; {sorted(rest)} "
-            "apply to the library's own methods"
-        )
-    settings = dict(options or {})
-    unknown = [k for k in settings if k not in OPTIONS]
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for method={method!r}; valid: {list(OPTIONS)}")
+    settings = settings_of(method, options, OPTIONS, rest)
     if settings.get("interp", "cubic") not in ("cubic", "linear"):
         raise ValueError(
             f"options['interp'] must be 'cubic' or 'linear', got {settings['interp']!r}"
@@ -258,8 +251,7 @@ def adams_odeint(
         raise TypeError(f"options['perturb'] must be a bool, got {settings['perturb']!r}")
     state, tuple_state, t = torchdiffeq_inputs(func, y0, t, rtol, atol)
     if t.numel() == 1:
-        ys = tuple(y.unsqueeze(0) for y in state)
-        return ys if tuple_state else ys[0]
+        return stacked_y0(state, tuple_state)
     if not is_concrete(t):
         raise ValueError(
             f"method={method!r} builds its grid from the values of t: give t as a "
@@ -299,7 +291,7 @@ def _event(
     wrap = stepper.tuple_state
 
     def event(at: Tensor, y: State) -> Tensor:
-        return event_fn(at, y if wrap else y[0])
+        return _event_value(event_fn, at, y if wrap else y[0])
 
     def step(t0: Tensor, t1: Tensor, y: State) -> tuple[State, State]:
         return advance(stepper, t0, t1, y, history, implicit, max_order)

@@ -119,11 +119,8 @@ def _slope(
         )
 
 
-def _sign(value: Any) -> Tensor:
-    value = torch.as_tensor(value)
-    if value.numel() != 1:
-        raise ValueError(f"event_fn must return a scalar tensor, got shape {tuple(value.shape)}")
-    return torch.sign(value.detach().reshape(()))
+def _sign(value: Tensor) -> Tensor:
+    return torch.sign(value.detach())
 
 
 def until_event(

@@ -52,9 +52,34 @@ def checked_field(
     return field
 
 
+def settings_of(
+    method: str, options: Any, valid: tuple[str, ...], rest: dict[str, Any]
+) -> dict[str, Any]:
+    """``options`` as a dict after refusing library keywords left in ``rest`` and unknown
+    option keys, each error naming what is valid."""
+    if rest:
+        raise ValueError(
+            f"method={method!r} takes torchdiffeq's arguments only; {sorted(rest)} apply to "
+            "the library's own methods"
+        )
+    settings = dict(options or {})
+    unknown = [k for k in settings if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown options {unknown} for method={method!r}; valid keys: {list(valid)}"
+        )
+    return settings
+
+
+def stacked_y0(state: State, tuple_state: bool) -> Any:
+    """The solution at a 1-element ``t``: ``y0`` stacked, as torchdiffeq returns it."""
+    ys = tuple(y.unsqueeze(0) for y in state)
+    return ys if tuple_state else ys[0]
+
+
 def positive_option(options: dict[str, Any], key: str) -> float:
     """``options[key]`` as a positive finite number, or the error naming it."""
     return _positive(f"options[{key!r}]", options[key])
 
 
-__all__ = ["checked_field", "positive_option", "torchdiffeq_inputs"]
+__all__ = ["checked_field", "positive_option", "settings_of", "stacked_y0", "torchdiffeq_inputs"]

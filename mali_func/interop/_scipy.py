@@ -33,9 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from ..backends._mode import tracing, under_transform
-from ..field._callbacks import NAMES, CallbackWarning
+from ..field._callbacks import ALL_NAMES, CallbackWarning
+from ..field._captures import check_no_capture
+from ..field._field import bind_field
 from ..gradients._drift import ReconstructionWarning
-from ._inputs import checked_field, torchdiffeq_inputs
+from ._compat import _check_adjoint_params
+from ._inputs import checked_field, settings_of, stacked_y0, torchdiffeq_inputs
 
 OPTIONS = ("solver", "min_step", "max_step", "first_step")
 """The ``options`` keys of ``scipy_solver`` (those of :func:`scipy.integrate.solve_ivp`)."""
@@ -236,27 +239,16 @@ def scipy_odeint(
         )
     for unused in ("adjoint_method", "adjoint_options"):
         rest.pop(unused, None)
-    if rest:
-        raise ValueError(
-            f"method='scipy_solver' takes torchdiffeq's arguments only; "
-            f"{sorted(rest)} apply to the library's own methods"
-        )
-    settings = dict(options or {})
-    unknown = [k for k in settings if k not in OPTIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown options {unknown} for method='scipy_solver'; valid keys: {list(OPTIONS)}"
-        )
+    settings = settings_of("scipy_solver", options, OPTIONS, rest)
     if settings.get("solver", "LSODA") not in SOLVERS:
         raise ValueError(
             f"options['solver'] must be one of {list(SOLVERS)}, got {settings['solver']!r}"
         )
     state, tuple_state, t = torchdiffeq_inputs(func, y0, t, rtol, atol)
     if t.numel() == 1:
-        ys = tuple(y.unsqueeze(0) for y in state)
-        return ys if tuple_state else ys[0]
+        return stacked_y0(state, tuple_state)
     _warn_callbacks(func)
-    params = _params(func, adjoint_params, tuple(args), y0, t)
+    params = _params(func, adjoint_params, tuple(args), state, tuple_state, t)
     problem = _Problem(func, state, tuple(args), tuple_state, settings)
     forward_tols = (rtol, atol)
     backward_tols = (adjoint_tols[0] or rtol, adjoint_tols[1] or atol)
@@ -265,9 +257,7 @@ def scipy_odeint(
 
 
 def _warn_callbacks(func: Any) -> None:
-    found = [
-        n for n in (*NAMES, *(n + "_adjoint" for n in NAMES)) if callable(getattr(func, n, None))
-    ]
+    found = [n for n in ALL_NAMES if callable(getattr(func, n, None))]
     if found:
         warnings.warn(
             f"func's {', '.join(found)}: scipy_solver takes its steps inside SciPy and calls no "
@@ -278,38 +268,24 @@ def _warn_callbacks(func: Any) -> None:
 
 
 def _params(
-    func: Any, listed: Any, args: tuple[Tensor, ...], y0: Any, t: Tensor
+    func: Any,
+    listed: Any,
+    args: tuple[Tensor, ...],
+    state: tuple[Tensor, ...],
+    tuple_state: bool,
+    t: Tensor,
 ) -> tuple[Tensor, ...]:
     """The tensors the adjoint differentiates: ``adjoint_params`` if given, else a module's
     parameters; then ``args``. A plain function that reads an unlisted tensor requiring grad is
-    refused, as in the library's other methods."""
+    refused, as in the library's other methods (:func:`check_no_capture`)."""
+    _check_adjoint_params(listed)
     if listed is not None:
-        own = tuple(listed)
-    elif isinstance(func, nn.Module):
-        own = tuple(p for p in func.parameters() if p.requires_grad)
-    else:
-        own = ()
-        if torch.is_grad_enabled():
-            _check_no_capture(func, args, y0, t)
-    for i, p in enumerate(own):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
-    return own + args
-
-
-def _check_no_capture(func: Any, args: tuple[Tensor, ...], y0: Any, t: Tensor) -> None:
-    from ..field._captures import _captured
-
-    state = tuple(y.detach() for y in y0) if isinstance(y0, tuple) else y0.detach()
-    out = func(t[0].detach(), state, *(a.detach() for a in args))
-    outs = out if isinstance(out, tuple) else (out,)
-    if any(isinstance(o, Tensor) and o.requires_grad for o in outs):
-
-        def source() -> None: ...
-
-        field: Any = source
-        field.source = func
-        raise _captured(field)
+        return (*listed, *args)
+    if isinstance(func, nn.Module):
+        return (*(p for p in func.parameters() if p.requires_grad), *args)
+    bound = bind_field(func, tuple_state=tuple_state, n_state=len(state), args=args)
+    check_no_capture(bound, t[0].detach(), state)
+    return args
 
 
 __all__ = ["OPTIONS", "SOLVERS", "scipy_odeint"]
