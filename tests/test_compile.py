@@ -132,7 +132,7 @@ def test_compiled_inference_without_grad_equals_eager() -> None:
 def test_changing_a_scheme_option_between_compiled_calls_equals_eager(option, values) -> None:
     """A float argument that changes becomes symbolic under torch.compile; the scheme takes it."""
     field, y0, t = Field(), torch.randn(8, 2), torch.tensor([0.0, 1.0])
-    method = "alf" if option == "eta" else "rk4"
+    method = "alf" if option == "eta" else "midpoint"  # any tableau: the smallest compiles fastest
 
     def loss(field: nn.Module, y0: torch.Tensor, t: torch.Tensor, value: float) -> torch.Tensor:
         options = {option: value}

@@ -22,16 +22,17 @@ def damped(t: Tensor, y: Tensor) -> Tensor:
                                                   ("tsit5", "auto"), ("alf", None)])  # fmt: skip
 def test_output_times_do_not_change_the_accepted_steps(method: str, coupling: str | None) -> None:
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    tol = {"rtol": 1e-4, "atol": 1e-7} if method == "alf" else {"rtol": 1e-6, "atol": 1e-9}
     counts = []
     for n in (2, 3, 100):
         t = torch.linspace(0, 10, n, dtype=F64)
-        _, stats = odeint(damped, y0, t, method=method, coupling=coupling, rtol=1e-6, atol=1e-9,
-                          steps=DENSE, stats=True)  # fmt: skip
+        _, stats = odeint(damped, y0, t, method=method, coupling=coupling, steps=DENSE,
+                          stats=True, **tol)  # fmt: skip
         counts.append((int(stats.n_accepted), int(stats.n_rejected)))
     assert counts[0] == counts[1] == counts[2]
     t = torch.linspace(0, 10, 100, dtype=F64)
-    _, landed = odeint(damped, y0, t, method=method, coupling=coupling, rtol=1e-6, atol=1e-9,
-                       steps=LAND, stats=True)  # fmt: skip
+    _, landed = odeint(damped, y0, t, method=method, coupling=coupling, steps=LAND, stats=True,
+                       **tol)  # fmt: skip
     assert int(landed.n_accepted) > counts[0][0]
 
 
@@ -60,7 +61,8 @@ def _grads(gradient: str, method: str, t: Tensor) -> tuple[Tensor, ...]:
     field = SmoothField(dim=2, hidden=16, dtype=F64)
     y0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
     t = t.clone().requires_grad_()
-    out = odeint(field, y0, t, method=method, rtol=1e-7, atol=1e-9, steps=DENSE,
+    rtol = 1e-5 if method == "alf" else 1e-7  # ALF is second order: many more steps at 1e-7
+    out = odeint(field, y0, t, method=method, rtol=rtol, atol=rtol * 1e-2, steps=DENSE,
                  gradient=gradient)  # fmt: skip
     loss = (out**2).sum() + out[..., 0].sin().sum()
     return (out.detach(), *torch.autograd.grad(loss, (y0, t, *field.parameters())))

@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("mode", [[], ["--no-compile"]], ids=["compiled", "eager"])
-def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path, mode: list[str]) -> None:
+def test_digits_classifier_fast_mode_beats_chance(tmp_path: Path) -> None:
+    """The main job as `make demo` runs it (compiled); its --no-compile switch only leaves out
+    torch.compile around the same training step, whose eager gradients the library's tests check."""
     proc = subprocess.run(
-        [sys.executable, "examples/digits_classifier.py", "--fast", *mode, "--out", str(tmp_path)],
+        [sys.executable, "examples/digits_classifier.py", "--fast", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

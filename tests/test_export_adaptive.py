@@ -143,7 +143,8 @@ def test_a_plain_torch_export_of_an_ode_block_runs_like_the_model() -> None:
 def test_an_adaptive_model_packages_runs_without_model_code_and_matches(tmp_path: Path) -> None:
     from mali_func.export import load_pt2, to_pt2
 
-    model = classifier(method="tsit5", coupling=None, rtol=1e-3, atol=1e-6)
+    # bosh3: AOTInductor's C++ build grows with the stages; the loop is the same for any pair.
+    model = classifier(method="bosh3", coupling=None, rtol=1e-3, atol=1e-6)
     path = tmp_path / "model.pt2"
     report = to_pt2(model, (torch.randn(1, 3),), path)  # batch 1: traced at another size
     assert report.batches[0] == 1 and len(report.batches) == 2

@@ -85,7 +85,8 @@ def test_an_exported_adaptive_solve_takes_the_eager_steps() -> None:
     assert [int(v) for v in got[1:]] == [int(v) for v in want[1:]]
 
 
-@pytest.mark.parametrize("options", [{"method": "rk4", "n_steps": 4}, {"method": "dopri5"}])
+# Small tableaus (AOTInductor's C++ build grows with the stages): a fixed grid and an adaptive pair.
+@pytest.mark.parametrize("options", [{"method": "heun", "n_steps": 4}, {"method": "bosh3"}])
 def test_pt2_exports_a_block_with_interior_output_times(tmp_path, options) -> None:
     torch.manual_seed(0)
     model = ODEBlock(_Field(), t_eval=[0.25, 0.5, 1.0], **options)
