@@ -19,9 +19,9 @@ from .interop._odeint_adjoint import odeint_adjoint
 from .interop._odeint_event import odeint_event
 from .interop._privacy import DPODEBlock, prepare_for_opacus
 from .schemes import ALF, ButcherTableau, CoupledRK, ReversibleHeun, ReversibleScheme, RungeKutta
-from .stepping._control import SolveStats
 from .stepping._controllers import Controller, IntegralController
 from .stepping._parasitic import CouplingWarning, ParasiticModeWarning
+from .stepping._stats import SolveStats
 from .stepping._steps import Adaptive, Fixed
 
 __all__ = [

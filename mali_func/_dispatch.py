@@ -30,10 +30,11 @@ from .gradients._passes import forward
 from .gradients._problem import Problem
 from .gradients._strategies import Gradient
 from .schemes import ReversibleScheme, State
-from .stepping._control import SolveStats, control
+from .stepping._control import control
 from .stepping._controllers import Tolerances
 from .stepping._dense import interpolate
 from .stepping._grid import FlatGrid, UniformGrid
+from .stepping._stats import SolveStats
 
 
 def dispatch(

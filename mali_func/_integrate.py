@@ -36,8 +36,8 @@ from .interop._compat import FIXED_GRID_METHODS, translate
 from .interop._landings import on_grid_steps, rows_of, widened
 from .schemes import ReversibleScheme, State
 from .schemes._methods import COUPLING_DEFAULT, perturbed, scheme_for
-from .stepping._control import SolveStats
 from .stepping._parasitic import parasitic
+from .stepping._stats import SolveStats
 from .stepping._steps import Fixed, Steps
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]

@@ -19,9 +19,9 @@ from torch import Tensor
 from ..backends._loops import PYTHON
 from ..backends._mode import tracing, under_transform
 from ..schemes import Params, State
-from ..stepping._control import SolveStats
 from ..stepping._dense import DenseRows, interpolate
 from ..stepping._grid import DenseGrid, Grid, RecordedGrid, Records, UniformGrid
+from ..stepping._stats import SolveStats
 from ._passes import forward
 from ._solve import N_RECORDS, N_STATS, Solve, Spec
 

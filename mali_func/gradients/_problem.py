@@ -20,10 +20,11 @@ from torch import Tensor
 
 from ..backends._loops import PYTHON, Loops
 from ..schemes import Field, Params, ReversibleScheme, State
-from ..stepping._control import SolveStats, control
+from ..stepping._control import control
 from ..stepping._controllers import Tolerances
 from ..stepping._dense import DenseRows, dense, interpolate
 from ..stepping._grid import DenseGrid, RecordedGrid, Records, UniformGrid
+from ..stepping._stats import SolveStats
 from ._drift import Fallback
 from ._passes import forward
 from ._solve import Spec
