@@ -153,32 +153,44 @@ def bind_field(
     for i, a in enumerate(args):
         if not isinstance(a, Tensor):
             raise TypeError(f"args[{i}] must be a torch.Tensor, got {type(a).__name__}")
-    n_args = len(args)
-
-    def unpack(y: State) -> Any:
-        return y if tuple_state else y[0]
-
     if not isinstance(func, nn.Module):
+        return _bind_plain(func, tuple_state, n_state, tuple(args), tuple(declared))
+    return _bind_module(func, tuple_state, n_state, tuple(args))
 
-        def plain(t: Tensor, y: State, params: Params) -> State:
-            out = func(t, unpack(y), *params)
-            return _as_state(out, tuple_state=tuple_state, n=n_state)
 
-        plain.source = func  # type: ignore[attr-defined]  # named in capture errors
-        if not declared:
-            return BoundField(plain, tuple(args), tuple(f"args[{i}]" for i in range(n_args)))
+def _unpacker(tuple_state: bool) -> Callable[[State], Any]:
+    """What the user's field receives: the state tuple, or its one tensor."""
+    return (lambda y: y) if tuple_state else (lambda y: y[0])
 
-        def closed(t: Tensor, y: State, params: Params) -> State:
-            return plain(t, y, params[:n_args])  # the declared tensors are read, not passed
 
-        closed.source, closed.declared = func, True  # type: ignore[attr-defined]
-        names = (*(f"args[{i}]" for i in range(n_args)),
-                 *(f"adjoint_params[{i}]" for i in range(len(declared))))  # fmt: skip
-        return BoundField(closed, (*args, *declared), names)
+def _bind_plain(
+    func: Callable[..., Any], tuple_state: bool, n_state: int, args: tuple[Tensor, ...],
+    declared: tuple[Tensor, ...],
+) -> BoundField:  # fmt: skip
+    """A plain callable: its inputs are ``args`` (and the ``declared`` tensors it reads)."""
+    unpack, n_args = _unpacker(tuple_state), len(args)
 
-    module = func
-    # Batch-norm running statistics are state, not inputs: differentiating them (as torch.func
-    # does with every input) is an error in batch_norm.
+    def plain(t: Tensor, y: State, params: Params) -> State:
+        out = func(t, unpack(y), *params)
+        return _as_state(out, tuple_state=tuple_state, n=n_state)
+
+    plain.source = func  # type: ignore[attr-defined]  # named in capture errors
+    if not declared:
+        return BoundField(plain, args, tuple(f"args[{i}]" for i in range(n_args)))
+
+    def closed(t: Tensor, y: State, params: Params) -> State:
+        return plain(t, y, params[:n_args])  # the declared tensors are read, not passed
+
+    closed.source, closed.declared = func, True  # type: ignore[attr-defined]
+    names = (*(f"args[{i}]" for i in range(n_args)),
+             *(f"adjoint_params[{i}]" for i in range(len(declared))))  # fmt: skip
+    return BoundField(closed, (*args, *declared), names)
+
+
+def _module_tensors(module: nn.Module) -> tuple[tuple[str, ...], tuple[Tensor, ...]]:
+    """The floating parameters and buffers a module's solve differentiates, once each, without
+    batch-norm running statistics (state, not inputs: differentiating them, as torch.func does
+    with every input, is an error in batch_norm); refuses uninitialized lazy ones."""
     stats = {
         id(b) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         for b in (m.running_mean, m.running_var) if b is not None
@@ -198,8 +210,16 @@ def bind_field(
             "given every tensor before the solve; call func(t0, y0) once first, which "
             "initializes them"
         )
-    names = tuple(name for name, _ in named)
-    own = tuple(x for _, x in named)
+    return tuple(name for name, _ in named), tuple(x for _, x in named)
+
+
+def _bind_module(
+    module: nn.Module, tuple_state: bool, n_state: int, args: tuple[Tensor, ...]
+) -> BoundField:
+    """A module: its own tensors (substituted by ``functional_call`` when the engine passes
+    others), then ``args``."""
+    unpack = _unpacker(tuple_state)
+    names, own = _module_tensors(module)
     m = len(own)
     # Where each parameter lives, to see at every call whether the module holds it now: after
     # torch.func.functional_call returns, MALI's backward still passes the substituted tensors.
@@ -222,8 +242,8 @@ def bind_field(
             out = torch.func.functional_call(module, substituted, (t, unpack(y), *extra))
         return _as_state(out, tuple_state=tuple_state, n=n_state)
 
-    names = (*names, *(f"args[{i}]" for i in range(n_args)))
-    return BoundField(modular, (*own, *args), names, module)
+    all_names = (*names, *(f"args[{i}]" for i in range(len(args))))
+    return BoundField(modular, (*own, *args), all_names, module)
 
 
 def check_output(out: State, y0: State) -> None:
