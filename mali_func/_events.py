@@ -35,7 +35,11 @@ from ._events_per_sample import events_per_sample
 from .backends._mode import tracing, under_transform
 
 WINDOW_OUTPUTS = 32
-"""Output times of each bracketing window."""
+"""Output times of each bracketing window, at least."""
+SAMPLES_PER_STEP = 4
+"""Output times per step of a window's solve: ``event_fn`` is read at least this often per step
+(torchdiffeq reads it once, at each step's end), so a sign change and its return inside one
+window is found wherever the solve resolves it."""
 MAX_WINDOWS = 12
 """Windows, each four times as long as the last, before an event that never happens is reported
 (from a first window of ``|t[1] - t[0]|``: about 5.6 million times that span in all)."""
@@ -50,14 +54,19 @@ def solve_until_event(
     event_fn: Any,
     kwargs: dict[str, Any],
     args: tuple[Tensor, ...] = (),
+    *,
+    adaptive: bool = True,
 ) -> tuple[Tensor, Any]:
     """``(event_t, solution)`` for ``solve(func, y0, times, **kwargs)`` stopped by ``event_fn``
-    (``args``: what ``func`` receives after ``y``). Under a :mod:`torch.func` transform each
-    sample is solved on its own, eagerly (:mod:`mali_func._events_per_sample`)."""
+    (``args``: what ``func`` receives after ``y``; ``adaptive``: whether the solve chooses its
+    steps, so that a bracketing window is sampled per step). Under a :mod:`torch.func`
+    transform each sample is solved on its own, eagerly (:mod:`mali_func._events_per_sample`)."""
     if under_transform() and not tracing():
 
         def eager(f: Any, y: Any, t_: Tensor, ev: Any, a: tuple[Tensor, ...]) -> Any:
-            return solve_until_event(solve, f, y, t_, ev, {**kwargs, "args": a}, a)
+            return solve_until_event(
+                solve, f, y, t_, ev, {**kwargs, "args": a}, a, adaptive=adaptive
+            )
 
         return events_per_sample(eager, func, y0, t, event_fn, args)
     _check(event_fn, t)
@@ -83,7 +92,8 @@ def solve_until_event(
     with torch.no_grad():
         start = float(t0.detach())
         sign0 = math.copysign(1.0, value(start, _detached(y0)))
-        lo, hi = _bracket(solve, func, y0, t0, span, event_fn, sign0, tuple_state, kwargs)
+        lo, hi = _bracket(solve, func, y0, t0, span, event_fn, sign0, tuple_state, kwargs,
+                          adaptive)  # fmt: skip
         # The event solve is the prefix to lo, then one solve from lo: refined on the second.
         y_lo = _detached(y0) if lo == start else solve_from(_detached(y0), t0.detach(), lo)
         t_lo = t0.new_tensor(lo)
@@ -103,8 +113,11 @@ def _check(event_fn: Any, t: Tensor) -> None:
             "host); under torch.compile or export solve to a fixed end time, or call the event "
             "solve eagerly (torch.func transforms take each sample on its own)"
         )
-    if t.ndim != 1 or t.shape[0] < 2:
-        raise ValueError("with event_fn, t must hold t0 and a second time giving the direction")
+    if t.ndim != 1 or t.shape[0] != 2:
+        raise ValueError(
+            "with event_fn, t must hold two times, t0 and a second giving the direction "
+            f"(torchdiffeq's convention), got {tuple(t.shape)}"
+        )
 
 
 def _check_depends(event_fn: Any, t0: Tensor, y0: Any, tuple_state: bool) -> None:
@@ -136,16 +149,24 @@ def _event_value(event_fn: Any, tau: Tensor, y: Any) -> Tensor:
 
 def _bracket(
     solve: Any, func: Any, y0: Any, t0: Tensor, span: float, event_fn: Any, sign0: float,
-    tuple_state: bool, kwargs: dict[str, Any],
+    tuple_state: bool, kwargs: dict[str, Any], adaptive: bool,
 ) -> tuple[float, float]:  # fmt: skip
     """The first pair of output times between which ``event_fn`` changes sign, on solves over
-    windows growing fourfold, each from where the last one ended."""
+    windows growing fourfold, each from where the last one ended; an adaptive window solve has
+    at least ``SAMPLES_PER_STEP`` output times per accepted step (a window whose solve takes more
+    steps than its outputs resolve is solved again with more: interpolated outputs leave the
+    steps as they were)."""
     start, length, y = float(t0.detach()), span, _detached(y0)
     for _ in range(MAX_WINDOWS):
-        times = start + torch.linspace(0.0, length, WINDOW_OUTPUTS + 1, dtype=torch.float64)
-        times_t = times.to(dtype=t0.dtype, device=t0.device)
-        ys = solve(func, y, times_t, **kwargs)
-        for i in range(1, WINDOW_OUTPUTS + 1):
+        outputs, ys, times_t = WINDOW_OUTPUTS, None, t0
+        while ys is None:
+            times = start + torch.linspace(0.0, length, outputs + 1, dtype=torch.float64)
+            times_t = times.to(dtype=t0.dtype, device=t0.device)
+            ys, stats = solve(func, y, times_t, **kwargs, stats=True)
+            steps = int(stats.n_accepted)
+            if adaptive and steps * SAMPLES_PER_STEP > outputs == WINDOW_OUTPUTS:
+                outputs, ys = steps * SAMPLES_PER_STEP, None
+        for i in range(1, outputs + 1):
             y = tuple(c[i] for c in ys) if tuple_state else ys[i]
             if sign0 * float(_event_value(event_fn, times_t[i], y)) <= 0:
                 return float(times_t[i - 1]), float(times_t[i])

@@ -78,7 +78,11 @@ def integrate(
         kwargs = dict(rtol=rtol, atol=atol, method=method, options=rest, steps=steps,
                       gradient=gradient, scheme=scheme, eta=eta, coupling=coupling, args=args,
                       **torchdiffeq)  # fmt: skip
-        return solve_until_event(integrate, func, y0, t, event_fn, kwargs, tuple(args))
+        steps_of = translate(method, rest, steps, **torchdiffeq)
+        adaptive = not isinstance(steps_of, Fixed) and method not in FIXED_GRID_METHODS
+        return solve_until_event(
+            integrate, func, y0, t, event_fn, kwargs, tuple(args), adaptive=adaptive
+        )
     wide = widened(func, y0, t, options) if t.shape[0] > 1 else None
     if wide is not None:  # torchdiffeq's jump_t, step_t, grid_constructor: a wider solve
         times, rows, rest = wide

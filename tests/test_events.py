@@ -114,6 +114,27 @@ def test_an_event_that_never_happens_is_reported_not_hung_on() -> None:
                      event_fn=lambda t, y: y.sum(), method="dopri5")  # fmt: skip
 
 
+@pytest.mark.parametrize("level", [0.999, 0.99])
+def test_the_first_of_two_close_crossings_is_found(level: float) -> None:
+    """x = sin(20 t) passes ``level`` twice within 0.005-0.013 near its first peak: between two
+    of a window's 32 output times, but not between the samples taken per solver step."""
+    w = 20.0
+
+    def oscillator(t: Tensor, s: Tensor) -> Tensor:
+        return torch.stack([s[1], -w * w * s[0]])
+
+    event_t, _ = odeint_event(oscillator, torch.tensor([0.0, w], dtype=F64), 0.0,
+                              event_fn=lambda t, s: s[0] - level, method="dopri5",
+                              rtol=1e-9, atol=1e-11)  # fmt: skip
+    assert abs(float(event_t) - math.asin(level) / w) < 1e-8
+
+
+def test_event_mode_takes_exactly_two_times() -> None:
+    with pytest.raises(ValueError, match="with event_fn, t must hold two times"):
+        odeint(fall, _drop(torch.tensor(1.0, dtype=F64)), torch.tensor([0.0, 1.0, 2.0]),
+               event_fn=floor)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("event_fn", "match"),
     [
