@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from helpers import F64
 
@@ -27,3 +28,20 @@ def test_its_odeint_event_solves_with_those_defaults() -> None:
     t, ys = drop_in.odeint_event(fall, start, 0.0, event_fn=lambda t, s: s[0])
     assert abs(float(t) - math.sqrt(2 / 9.8)) < 1e-9
     assert ys.shape == (2, 2)
+
+
+def test_its_fixed_grid_methods_step_as_torchdiffeqs() -> None:
+    """torchdiffeq's "rk4" is Kutta's 3/8 rule: the drop-in's too (mali_func.odeint's is the
+    classic tableau), so one step per interval of t gives torchdiffeq's trajectory."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[1], -y[0] * (1 + 0.5 * torch.sin(t))])
+
+    y0, t = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 0.7, 1.5, 3.0], dtype=F64)
+    for method in ("rk4", "euler", "midpoint", "heun3"):
+        want = torchdiffeq.odeint(field, y0, t, method=method)
+        torch.testing.assert_close(drop_in.odeint(field, y0, t, method=method), want,
+                                   rtol=1e-13, atol=1e-13)  # fmt: skip
+    classic = mali_func.odeint(field, y0, t, method="rk4", coupling=None, gradient="backprop")
+    assert (classic - torchdiffeq.odeint(field, y0, t, method="rk4")).abs().max() > 1e-3

@@ -41,8 +41,9 @@ def odeint_adjoint(
     ``gradient="checkpoint"``: the same discrete solve as torchdiffeq's forward, its exact
     gradient (which the adjoint method approximates) in bounded memory, and none of the reversible
     coupling's parasitic mode. ``gradient="mali"`` (or a ``coupling``) selects the reversible
-    coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step. Every
-    argument of :func:`odeint` is accepted."""
+    coupling and MALI instead; ``gradient="backprop"`` alone keeps the plain step.
+    ``method="rk4"`` is torchdiffeq's: Kutta's 3/8 rule (``"rk4_alt"``; :func:`odeint`'s
+    ``"rk4"`` is the classic tableau). Every argument of :func:`odeint` is accepted."""
     if isinstance(method, str) and method in ADAMS:
         return adams_odeint(
             func, y0, t, TORCHDIFFEQ_RTOL if rtol is None else rtol,
@@ -53,6 +54,8 @@ def odeint_adjoint(
             func, y0, t, TORCHDIFFEQ_RTOL if rtol is None else rtol,
             TORCHDIFFEQ_ATOL if atol is None else atol, options, **kwargs,
         )  # fmt: skip
+    if method == "rk4":  # torchdiffeq's "rk4" steps by the 3/8 rule (its rk4_alt_step_func)
+        method = "rk4_alt"
     # The defaults are decided before the shorthands are folded into objects, so that
     # checkpoints=4 configures the default Checkpoint() of a plain Runge-Kutta method.
     args, stats = kwargs.pop("args", ()), kwargs.pop("stats", False)
