@@ -10,7 +10,9 @@ Any tensor shape works, so a convolutional field on ``(B, C, H, W)`` feature map
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 import torch
@@ -112,7 +114,7 @@ class ODEBlock(nn.Module):
         ``times`` buffer, in float64 on the buffer's device."""
         grid, select = _grid(float(t0), float(t1), t_eval)
         self._t0, self._t1, self._select, self._grid = float(t0), float(t1), select, tuple(grid)
-        self._t_eval = None if t_eval is None else tuple(float(s) for s in t_eval)
+        self._t_eval = None if t_eval is None else tuple(_times_of(t_eval))
         self._fill_times()
 
     def _fill_times(self) -> None:
@@ -180,10 +182,12 @@ def _expanded(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_span(t0: Any, t1: Any) -> None:
-    """``t0`` and ``t1``: real numbers that differ."""
+    """``t0`` and ``t1``: finite real numbers that differ."""
     for name, value in (("t0", t0), ("t1", t1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
     if t0 == t1:
         raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
 
@@ -198,16 +202,46 @@ def _check_options(times: Tensor, options: dict[str, Any]) -> None:
     coupling = options.get("coupling", COUPLING_DEFAULT)
     scheme = scheme_for(options.get("method"), options.get("scheme"), eta=options.get("eta"),
                         coupling=coupling)  # fmt: skip
+    # What the gradient needs (a plain step has no inverse for MALI) is checked, as by odeint,
+    # when a gradient is asked for: a block built for inference or export needs none.
     check_scheme(scheme, adaptive=counts is None, gradient=None)
+
+
+def _times_of(t_eval: Any) -> list[float]:
+    """``t_eval`` as floats: a sequence of real numbers or a 1-D tensor (a string, a number or a
+    tensor of another shape is refused, naming ``t_eval``)."""
+    if not isinstance(t_eval, Tensor) and hasattr(t_eval, "__array__"):  # a numpy array
+        t_eval = torch.as_tensor(t_eval)
+    if isinstance(t_eval, Tensor):
+        if t_eval.ndim != 1 or t_eval.is_complex() or t_eval.dtype == torch.bool:
+            raise ValueError(
+                f"t_eval must be a 1-D real tensor of times, got {t_eval.dtype} of shape "
+                f"{tuple(t_eval.shape)}"
+            )
+        return [float(s) for s in t_eval.tolist()]
+    if isinstance(t_eval, (str, bytes)) or not isinstance(t_eval, Sequence):
+        raise TypeError(f"t_eval must be a sequence of times, got {type(t_eval).__name__}")
+
+    def real(s: Any) -> bool:
+        if isinstance(s, Tensor):
+            return s.numel() == 1 and not (s.is_complex() or s.dtype == torch.bool)
+        return isinstance(s, Real) and not isinstance(s, bool)
+
+    bad = [s for s in t_eval if not real(s)]
+    if bad:
+        raise TypeError(f"t_eval must hold real numbers, got {type(bad[0]).__name__} {bad[0]!r}")
+    return [float(s) for s in t_eval]
 
 
 def _grid(t0: float, t1: float, t_eval: Sequence[float] | None) -> tuple[list[float], Any]:
     """The solve's time grid and the indices of the requested outputs in it."""
     if t_eval is None:
         return [t0, t1], None
-    times = [float(s) for s in t_eval]
+    times = _times_of(t_eval)
     if not times:
         raise ValueError("t_eval must hold at least one time")
+    if not all(math.isfinite(s) for s in times):
+        raise ValueError(f"t_eval must hold finite times, got {times}")
     sign = 1.0 if t1 > t0 else -1.0
     keys = [sign * s for s in times]
     if any(b <= a for a, b in itertools.pairwise(keys)):

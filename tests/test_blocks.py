@@ -8,7 +8,7 @@ from conftest import MLPField
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from mali_func import ODEBlock
+from mali_func import Adaptive, ODEBlock
 
 F64 = torch.float64
 
@@ -106,6 +106,13 @@ def test_repr_shows_the_configuration() -> None:
         ({"t_eval": [0.5, 0.2]}, ValueError, "t_eval must be strictly monotonic"),
         ({"t_eval": [0.5, 1.5]}, ValueError, r"t_eval must lie within \[t0, t1\]"),
         ({"t_eval": []}, ValueError, "at least one time"),
+        ({"t1": float("inf")}, ValueError, "t1 must be finite, got inf"),
+        ({"t_eval": [float("nan")]}, ValueError, "t_eval must hold finite times"),
+        ({"t_eval": 0.5}, TypeError, "t_eval must be a sequence of times, got float"),
+        ({"t_eval": "0.5"}, TypeError, "t_eval must be a sequence of times, got str"),
+        ({"t_eval": ["0.5"]}, TypeError, "t_eval must hold real numbers, got str"),
+        ({"t_eval": torch.tensor([[0.5, 1.0]])}, ValueError, "t_eval must be a 1-D real tensor"),
+        ({"n_steps": None, "steps": Adaptive(), "step_size": 0.1}, TypeError, "step_size asks"),
         # odeint's own option checks, run when the block is built rather than at its first call
         (
             {"gradient": "adjoint"},

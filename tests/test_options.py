@@ -72,6 +72,8 @@ def test_an_object_gives_exactly_what_its_shorthands_give(objects, keywords) -> 
     [
         ({"steps": Fixed(n=3), "n_steps": 4}, "n_steps is given twice"),
         ({"steps": Adaptive(rtol=1e-5), "rtol": 1e-4}, "rtol is given twice"),
+        ({"steps": Adaptive(), "n_steps": 3}, "n_steps asks for a fixed grid and steps=Adaptive"),
+        ({"steps": Adaptive(), "step_size": 0.1}, "step_size asks for a fixed grid"),
         ({"gradient": Checkpoint(budget=2), "checkpoints": 3}, "checkpoints is given twice"),
         ({"gradient": MALI(fallback=False), "fallback": True}, "fallback is given twice"),
         ({"method": ALF(), "scheme": ALF()}, "the scheme is given twice"),

@@ -92,6 +92,12 @@ def _steps(steps: Any, rtol: Any, atol: Any, given: Mapping[str, Any]) -> tuple[
     fixed = {_FIXED[k]: v for k, v in given.items() if k in _FIXED}
     adaptive = {_ADAPTIVE[k]: v for k, v in given.items() if k in _ADAPTIVE}
     if isinstance(steps, Adaptive):
+        grid = [k for k in given if k in _FIXED and _FIXED[k] in ("n", "size")]
+        if grid:
+            raise TypeError(
+                f"{', '.join(grid)} asks for a fixed grid and steps=Adaptive(...) for adaptive "
+                "steps: give one of them"
+            )
         for name, value in (("rtol", rtol), ("atol", atol)):
             if value is not None and getattr(steps, name) is not None:
                 raise TypeError(f"{name} is given twice: as {name}= and in steps=Adaptive(...)")
