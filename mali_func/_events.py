@@ -86,7 +86,7 @@ def solve_until_event(
         return last(solve(func, y, torch.stack([a, end]), **kwargs))
 
     def value(tau: float, y: Any) -> float:
-        return float(_event_value(event_fn, t0.new_tensor(tau), y))
+        return _finite_value(event_fn, t0.new_tensor(tau), y)
 
     _check_depends(event_fn, t0, y0, tuple_state)
     with torch.no_grad():
@@ -147,6 +147,14 @@ def _event_value(event_fn: Any, tau: Tensor, y: Any) -> Tensor:
     return out.reshape(())
 
 
+def _finite_value(event_fn: Any, tau: Tensor, y: Any) -> float:
+    """``event_fn(tau, y)`` on the host; a NaN has no sign to search, so it is refused."""
+    value = float(_event_value(event_fn, tau, y))
+    if math.isnan(value):
+        raise ValueError(f"event_fn returned NaN at t = {float(tau):.6g}: its sign is searched")
+    return value
+
+
 def _bracket(
     solve: Any, func: Any, y0: Any, t0: Tensor, span: float, event_fn: Any, sign0: float,
     tuple_state: bool, kwargs: dict[str, Any], adaptive: bool,
@@ -168,7 +176,7 @@ def _bracket(
                 outputs, ys = steps * SAMPLES_PER_STEP, None
         for i in range(1, outputs + 1):
             y = tuple(c[i] for c in ys) if tuple_state else ys[i]
-            if sign0 * float(_event_value(event_fn, times_t[i], y)) <= 0:
+            if sign0 * _finite_value(event_fn, times_t[i], y) <= 0:
                 return float(times_t[i - 1]), float(times_t[i])
         start, length = float(times_t[-1]), length * 4
     raise RuntimeError(

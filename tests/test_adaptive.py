@@ -165,12 +165,24 @@ def test_exceeding_max_steps_raises_with_the_time_reached() -> None:
         odeint(van_der_pol, y0, [0.0, 10.0], rtol=1e-8, atol=1e-8, max_steps=20)
 
 
+def test_a_field_that_turns_nan_is_named_as_the_cause() -> None:
+    """Its NaN error estimates would otherwise read as the controller's or the step size's
+    fault: the message says func is not finite where the solve stopped."""
+    y0 = torch.tensor([1.0], dtype=F64)
+    nan = r"func returned a non-finite value \(NaN or inf\) there"
+    with pytest.raises(RuntimeError, match=rf"failed at t = 1\.0[0-9]* of \[0, 2\]: {nan}"):
+        odeint(lambda t, y: y * torch.sqrt(1 - t), y0, [0.0, 2.0])  # NaN beyond t = 1
+    with pytest.raises(RuntimeError, match=rf"failed at t = 0 of \[0, 1\]: {nan}, so no step"):
+        odeint(lambda t, y: y * float("nan"), y0, [0.0, 1.0], method="tsit5")
+
+
 def test_step_size_underflow_raises() -> None:
     y0 = torch.tensor([1.0], dtype=F64)
     with pytest.raises(
-        RuntimeError, match=r"failed at t = 1\.0[0-9]* of \[0, 2\]: the step size underflowed"
-    ):
-        odeint(lambda t, y: y * torch.sqrt(1 - t), y0, [0.0, 2.0])  # NaN beyond t = 1
+        RuntimeError, match=r"failed at t = 1 of \[0, 2\]: the step size underflowed"
+    ):  # finite everywhere, a jump to 1e200 at t = 1: the steps shrink toward it
+        jump = torch.tensor(1e200, dtype=F64)
+        odeint(lambda t, y: torch.where(t > 1, jump, 0.0) * y, y0, [0.0, 2.0], method="tsit5")
 
 
 def test_failure_under_vmap_gives_nan_and_a_flag() -> None:

@@ -141,6 +141,7 @@ def test_event_mode_takes_exactly_two_times() -> None:
         (lambda t, y: y, "event_fn must return a scalar tensor"),
         (lambda t, y: t - 0.3, "event_fn does not depend on the state y"),
         (3, "event_fn must be callable"),
+        (lambda t, y: y[0] * float("nan"), "event_fn returned NaN at t = 0"),
     ],
 )
 def test_bad_event_functions_are_named(event_fn, match: str) -> None:

@@ -253,13 +253,19 @@ class _Solve:
             rows=rows,
         )
 
+    def _field_finite(self, carry: Carry) -> bool:
+        """Whether the field is finite where the solve stopped (eager: for the error message)."""
+        ti, dt = span(self.t, carry.interval.clamp(max=self.m - 1))
+        value = self.field(ti + carry.c * dt, carry.state[: self.n_out], self.params)
+        return all(bool(torch.isfinite(v).all()) for v in value)
+
     def finish(
         self, carry: Carry, records: Records, count: Tensor | int
     ) -> tuple[State, State, Records, Tensor | int, SolveStats, DenseRows | None]:
         """``control``'s results from the last carry; raises for a failed eager solve."""
         stats = carry.stats._replace(failed=carry.stats.failed | (carry.interval < self.m))
         if is_concrete(stats.failed) and bool(stats.failed):
-            _raise_failure(carry, self.t, self.tol, self.scheme)
+            _raise_failure(carry, self.t, self.tol, self.scheme, self._field_finite(carry))
         final = carry.state[: self.n_out]
         outputs = tuple(
             torch.where(stats.failed, float("nan"), torch.cat([o[:-1], y.unsqueeze(0)]))
@@ -273,7 +279,9 @@ class _Solve:
         return outputs, carry.state, records, count, stats, rows
 
 
-def _raise_failure(carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleScheme) -> None:
+def _raise_failure(
+    carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleScheme, field_finite: bool
+) -> None:
     """The :class:`RuntimeError` of a failed eager solve, naming where and why it stopped."""
     m = t.shape[0] - 1
     ti, dt = span(t, carry.interval.clamp(max=m - 1))
@@ -284,6 +292,11 @@ def _raise_failure(carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleS
             f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
             "can resolve (a smaller rtol resolves it further)"
         )
+    elif not field_finite:
+        cause = (
+            "func returned a non-finite value (NaN or inf) there, so no step's error can be "
+            "measured; check func at that time and state"
+        )
     elif not bool(torch.isfinite(carry.hmag)):
         cause = (
             f"the controller {type(tol.controller).__name__} proposed a step size that is not "
@@ -293,7 +306,7 @@ def _raise_failure(carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleS
         cause = f"max_steps={tol.max_steps} trial steps were not enough"
     else:
         cause = "the step size underflowed (the problem may be stiff or singular there)"
-    if isinstance(scheme, ALF) and not bool(carry.blew_up):
+    if isinstance(scheme, ALF) and not bool(carry.blew_up) and field_finite:
         cause += f"; {ALF_HINT}"
     raise RuntimeError(
         f"adaptive solve failed at t = {float(reached):.6g} of "
