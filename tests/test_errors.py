@@ -91,6 +91,11 @@ def f(t, y):
             ValueError,
             r"options\['max_num_steps'\] or max_steps=",
         ),
+        (
+            {"n_steps": None, "options": {"max_num_steps": 10.5}},
+            TypeError,
+            r"options\['max_num_steps'\] must be a whole number, got 10.5",
+        ),
         ({"args": (1.0,)}, TypeError, r"args\[0\] must be a torch.Tensor"),
         ({"args": torch.ones(2)}, TypeError, r"args must be a tuple or list.*got Tensor"),
         ({"args": 1.0}, TypeError, r"args must be a tuple or list.*got float"),

@@ -107,7 +107,9 @@ def translate(
             name = "max_steps" if key == "max_num_steps" else key
             raise ValueError(f"give options[{key!r}] or {name}=, not both")
     return Adaptive(
-        max_steps=options.get("max_num_steps", current.max_steps),
+        max_steps=_whole(options["max_num_steps"])
+        if "max_num_steps" in options
+        else current.max_steps,
         first_step=options.get("first_step", current.first_step),
         controller=_controller(options) or current.controller,
         min_step=options.get("min_step", current.min_step),
@@ -115,6 +117,15 @@ def translate(
         norm=options.get("norm", current.norm),
         interpolate=current.interpolate,
     )
+
+
+def _whole(value: Any) -> int:
+    """torchdiffeq's ``max_num_steps``: an int, or a float that is one (torchdiffeq compares it)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"options['max_num_steps'] must be a whole number, got {value!r}")
+    return value
 
 
 def _check_adjoint_params(adjoint_params: Any) -> None:

@@ -65,9 +65,10 @@ class Adaptive:
         norm: the error norm, called on the scaled error ``err / (atol + rtol max(|y|, |y'|))``
             (a tensor, or a tuple for a tuple state) and returning a scalar; by default the RMS
             norm over every component (torchdiffeq's ``norm``).
-        interpolate: outputs between the steps from the dense output (a cubic Hermite
-            interpolant, differentiated exactly: :mod:`mali_func.stepping._dense`), so output
-            times cost no steps; ``False``: the steps land on every output time.
+        interpolate: outputs between the steps by dense output (the default): each output is
+            one short step of the scheme from the start of the accepted step that holds it,
+            differentiated exactly (:mod:`mali_func.stepping._dense`), so output times change no
+            step; ``False``: the steps land on every output time.
     """
 
     rtol: float | None = None
