@@ -133,6 +133,7 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
                 )
             return tuple(_count(n, f"n_steps[{i}]") for i, n in enumerate(n_steps))
         return (_count(n_steps, "n_steps"),) * intervals
+    step_size = number_of("step_size", step_size)
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
         raise TypeError(f"step_size must be a real number, got {type(step_size).__name__}")
     if not (math.isfinite(step_size) and step_size > 0):
@@ -168,7 +169,31 @@ def steps_for(spans: Sequence[float], step_size: float, slack: float = 1e-12) ->
     return tuple(max(1, math.ceil(c)) for c in counts)
 
 
+def number_of(name: str, value: Any) -> Any:
+    """A one-element real tensor as its number (torchdiffeq takes tensor tolerances and step
+    sizes), in eager code; anything else is returned as given, for the caller's checks. Several
+    values (per-component tolerances) are refused, naming ``name``."""
+    count = len(value) if isinstance(value, (tuple, list)) else None
+    if isinstance(value, Tensor) and value.numel() > 1:
+        count = value.numel()
+    if count is not None:
+        raise TypeError(
+            f"{name} must be one number for every component: per-component values (a tuple "
+            "or a tensor of several, which torchdiffeq takes for its tolerances) are not "
+            f"supported, got a {type(value).__name__} of {count}"
+        )
+    if not isinstance(value, Tensor) or value.is_complex() or value.dtype == torch.bool:
+        return value
+    if not is_concrete(value):
+        raise TypeError(
+            f"{name} must be a number under torch.compile, export or torch.func transforms, "
+            "got a tensor"
+        )
+    return value.item()
+
+
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    value = number_of(name, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     ok = value >= 0 if allow_zero else value > 0

@@ -299,3 +299,22 @@ def test_spiral_demo_trains(tmp_path: Path) -> None:
     first = float(proc.stdout.split("first loss ")[1].split()[0])
     last = float(proc.stdout.split("final loss ")[1].split()[0])
     assert last < first
+
+
+def test_one_element_tensor_tolerances_and_step_sizes_are_taken_as_numbers() -> None:
+    """torchdiffeq takes tensors there; one value is its number, several are refused by name."""
+    y0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+
+    def decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y
+
+    rtol, atol = torch.tensor(1e-5), torch.tensor([1e-7])  # float32: not exactly 1e-5, 1e-7
+    want = odeint(decay, y0, t, rtol=float(rtol), atol=float(atol))
+    got = odeint(decay, y0, t, rtol=rtol, atol=atol)
+    assert torch.equal(got, want)
+    fixed = odeint(decay, y0, t, method="rk4", options={"step_size": torch.tensor(0.1)})
+    assert torch.equal(fixed, odeint(decay, y0, t, method="rk4", options={"step_size": 0.1}))
+    with pytest.raises(TypeError, match="atol must be one number for every component.*of 2"):
+        odeint(decay, y0, t, atol=torch.tensor([1e-7, 1e-3]))
+    with pytest.raises(TypeError, match="rtol must be one number for every component.*tuple"):
+        odeint(lambda t, y: (-y[0], -y[1]), (y0, y0), t, rtol=(1e-5, 1e-3))
