@@ -314,7 +314,7 @@ def test_one_element_tensor_tolerances_and_step_sizes_are_taken_as_numbers() -> 
     assert torch.equal(got, want)
     fixed = odeint(decay, y0, t, method="rk4", options={"step_size": torch.tensor(0.1)})
     assert torch.equal(fixed, odeint(decay, y0, t, method="rk4", options={"step_size": 0.1}))
-    with pytest.raises(TypeError, match="atol must be one number for every component.*of 2"):
+    with pytest.raises(TypeError, match=r"atol must be one number for every component.*of 2"):
         odeint(decay, y0, t, atol=torch.tensor([1e-7, 1e-3]))
-    with pytest.raises(TypeError, match="rtol must be one number for every component.*tuple"):
+    with pytest.raises(TypeError, match=r"rtol must be one number for every component.*tuple"):
         odeint(lambda t, y: (-y[0], -y[1]), (y0, y0), t, rtol=(1e-5, 1e-3))
