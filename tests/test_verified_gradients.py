@@ -209,6 +209,24 @@ def test_vmap_falls_back_only_for_the_samples_that_fail() -> None:
     assert rel(raw[1], exact[1]) > 1e-7
 
 
+def test_vmap_of_an_adaptive_solve_falls_back_per_sample() -> None:
+    """Decay rates 1 and 40 scaled per sample: the slow sample reconstructs, the fast one cannot
+    (e^40 amplification); vmap(grad) gives each backprop's gradient (its warning names no step
+    count, which differs per sample)."""
+    a = torch.tensor([[-1.0, 30.0], [0.0, -40.0]], dtype=F64)
+    ks, y0 = torch.tensor([0.2, 2.0], dtype=F64), torch.ones(2, 2, dtype=F64)
+
+    def loss(y: Tensor, k: Tensor, gradient: str = "mali") -> Tensor:
+        ys = odeint(lambda t, x, k_: k_ * (x @ a.T), y, [0.0, 1.0], method="tsit5", rtol=1e-8,
+                    atol=1e-10, args=(k,), gradient=gradient)  # fmt: skip
+        return ys.pow(2).sum()
+
+    with pytest.warns(FallbackWarning, match="over \\[0, 1\\], its steps"):
+        verified = torch.func.vmap(torch.func.grad(loss))(y0, ks)
+    exact = torch.stack([torch.func.grad(loss)(y, k, "backprop") for y, k in zip(y0, ks)])
+    torch.testing.assert_close(verified, exact, rtol=1e-9, atol=1e-12)
+
+
 def test_an_ode_block_falls_back_and_a_raw_block_does_not() -> None:
     x = torch.randn(5, 3, dtype=F64)
     outs = []

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..backends._flat import flatten, unaliased
 from ..backends._loops import PYTHON, Loops
+from ..backends._mode import is_concrete
 from ..schemes import Field, Params, ReversibleScheme, State
 from ..stepping._control import control
 from ..stepping._controllers import Tolerances
@@ -323,7 +324,9 @@ def _describe(spec: Spec, t: Tensor, grid: Grid) -> str:
         steps = f"{sum(spec.counts or ())} fixed steps"
     else:
         assert isinstance(grid, RecordedGrid)
-        steps = f"{int(grid.records.accepted.sum())} accepted steps"
+        accepted = grid.records.accepted
+        # Under vmap each sample has its own count, which no host read can give.
+        steps = f"{int(accepted.sum())} accepted steps" if is_concrete(accepted) else "its steps"
     return f"{spec.scheme!r} over [{float(t[0]):.6g}, {float(t[-1]):.6g}], {steps}"
 
 
