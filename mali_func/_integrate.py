@@ -99,6 +99,14 @@ def integrate(
     if isinstance(options, Mapping) and options.get("perturb"):
         scheme = perturbed(scheme)
     if steps is None and method in FIXED_GRID_METHODS:
+        given = [name for name, v in (("rtol", rtol), ("atol", atol)) if v is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to adaptive solves, and method {method!r} has no "
+                "error estimate: it steps on a fixed grid (one step from each time of t to the "
+                "next, torchdiffeq's convention, or n_steps=/step_size=); drop them, or use an "
+                "adaptive method (tsit5, dopri5, bosh3)"
+            )
         steps = Fixed(n=1)  # torchdiffeq's convention: one step from each time of t to the next
     fixed = steps if isinstance(steps, Fixed) else None
     counts = None if fixed is None else check_steps(fixed.n, fixed.size, t)

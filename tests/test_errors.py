@@ -161,3 +161,8 @@ def test_t_of_another_floating_dtype_is_cast_not_refused() -> None:
     assert ys.dtype == F64
     ys[-1].sum().backward()
     assert t.grad is not None and t.grad.dtype == torch.float32
+
+
+def test_tolerances_with_a_fixed_grid_method_name_the_method_not_n_steps() -> None:
+    with pytest.raises(ValueError, match=r"rtol apply to adaptive solves, and method 'rk4' has no"):
+        odeint(lambda t, y: -y, torch.ones(2), [0.0, 1.0], method="rk4", rtol=1e-5)
