@@ -80,10 +80,12 @@ def test_second_derivatives_through_torch_func_equal_backprop(field: MLPField, m
     assert_close_all(results[:1], results[1:], rtol=1e-10)
 
 
-def test_create_graph_through_mali_is_refused_with_what_to_use(field: MLPField) -> None:
+@pytest.mark.parametrize("gradient", ["mali", "checkpoint"])
+def test_create_graph_through_mali_is_refused_with_what_to_use(field: MLPField, gradient) -> None:
     y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
-    ys = odeint(field, y0, [0.0, 1.0], n_steps=4)
-    with pytest.raises(RuntimeError, match=r"create_graph=True.*torch\.func\.grad"):
+    ys = odeint(field, y0, [0.0, 1.0], n_steps=4, gradient=gradient)
+    with pytest.raises(RuntimeError, match=r"create_graph=True.*gradient='mali' or 'checkpoint'.*"
+                       r"torch\.func\.grad"):  # fmt: skip
         torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
 
 

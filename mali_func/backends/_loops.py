@@ -117,7 +117,8 @@ class PythonLoops:
             # Autograd's create_graph=True: differentiating the reverse pass this way gave wrong
             # second derivatives for the Runge-Kutta couplings (right for ALF), so it is refused.
             raise RuntimeError(
-                "create_graph=True (a double backward) through a MALI solve is not supported; "
+                "create_graph=True (a double backward) through a MALI or checkpointed solve "
+                "(gradient='mali' or 'checkpoint') is not supported; "
                 "use torch.func (e.g. torch.func.grad(torch.func.grad(f)) or jacrev(jacrev(f))), "
                 "which differentiates the reverse pass exactly, or gradient='backprop'"
             )
