@@ -281,4 +281,4 @@ def test_a_field_counting_its_calls_exports_and_keeps_counting(tmp_path) -> None
     assert type(field) is CountingField  # its own class back
     before = field.nfe
     model(torch.randn(2, 3))
-    assert field.nfe == before + 6  # counting again: 4 steps, ALF's start, the end check
+    assert field.nfe == before + 7  # counting again: 4 steps, ALF's start, the end check (2)
