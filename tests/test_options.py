@@ -93,6 +93,20 @@ def test_a_fixed_grid_needs_exactly_one_of_n_and_size(fields) -> None:
         Fixed(**fields)
 
 
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"n": 0}, r"n_steps must be at least 1, got 0 \(Fixed\(n=...\)"),
+        ({"n": [2, 0]}, r"n_steps\[1\] must be at least 1"),
+        ({"size": -0.1}, r"step_size must be positive and finite, got -0.1 \(Fixed\(size"),
+        ({"size": float("inf")}, "step_size must be positive and finite, got inf"),
+    ],
+)
+def test_a_fixed_grid_is_checked_when_built(fields, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Fixed(**fields)
+
+
 def test_a_block_takes_the_same_objects() -> None:
     x = torch.linspace(-1, 1, 6, dtype=F64).reshape(2, 3)
     with_objects = ODEBlock(Field(), steps=Fixed(n=4), gradient=Checkpoint(budget=2),

@@ -40,6 +40,16 @@ class Fixed:
             raise ValueError(
                 f"Fixed needs exactly one of n and size, got n={self.n!r}, size={self.size!r}"
             )
+        many = isinstance(self.n, (tuple, list))
+        for i, c in enumerate(self.n if many else (self.n,)):  # type: ignore[arg-type]
+            if isinstance(c, int) and not isinstance(c, bool) and c < 1:  # traced: the solve's
+                name = f"n_steps[{i}]" if many else "n_steps"
+                raise ValueError(
+                    f"{name} must be at least 1, got {c} (Fixed(n=...): steps per interval)"
+                )
+        size = self.size
+        if isinstance(size, float) and not (0 < size < float("inf")):
+            raise ValueError(f"step_size must be positive and finite, got {size} (Fixed(size=...))")
         u = self.unroll
         if isinstance(u, bool) or not isinstance(u, int) or u < 1:
             raise ValueError(
