@@ -29,20 +29,16 @@ from torch import Tensor
 
 from ..backends._loops import Loops
 from ..backends._mode import is_concrete
-from ..schemes import ALF, Field, Params, ReversibleScheme, State
+from ..schemes import Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
 from ._controllers import Tolerances, checked_proposal, error_norm, initial_step
 from ._dense import DenseRows, capture, dense, empty_rows, finished
+from ._failure import raise_failure
 from ._grid import Records, buffers, span, write_row
 from ._stats import SolveStats
 
 STRETCH = 1.1
 """A step within this factor of the next output time is stretched to land on it."""
-
-ALF_HINT = (
-    "ALF is stable only for oscillatory dynamics (where the field contracts, its parasitic "
-    "mode grows and the steps shrink): for other fields use method='tsit5' or 'dopri5'"
-)
 
 
 def trial_evaluations(scheme: ReversibleScheme) -> int:
@@ -265,7 +261,7 @@ class _Solve:
         """``control``'s results from the last carry; raises for a failed eager solve."""
         stats = carry.stats._replace(failed=carry.stats.failed | (carry.interval < self.m))
         if is_concrete(stats.failed) and bool(stats.failed):
-            _raise_failure(carry, self.t, self.tol, self.scheme, self._field_finite(carry))
+            raise_failure(carry, self.t, self.tol, self.scheme, self._field_finite(carry))
         final = carry.state[: self.n_out]
         outputs = tuple(
             torch.where(stats.failed, float("nan"), torch.cat([o[:-1], y.unsqueeze(0)]))
@@ -277,38 +273,3 @@ class _Solve:
             extra = self.scheme.evaluations_per_step * (self.times.shape[0] - 2)
             stats = stats._replace(n_f_evals=stats.n_f_evals + extra)
         return outputs, carry.state, records, count, stats, rows
-
-
-def _raise_failure(
-    carry: Carry, t: Tensor, tol: Tolerances, scheme: ReversibleScheme, field_finite: bool
-) -> None:
-    """The :class:`RuntimeError` of a failed eager solve, naming where and why it stopped."""
-    m = t.shape[0] - 1
-    ti, dt = span(t, carry.interval.clamp(max=m - 1))
-    reached = t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
-    if bool(carry.blew_up):
-        pole = t[0] + torch.sign(t[-1] - t[0]) * carry.growth.pole
-        cause = (
-            f"the solution blows up near t = {float(pole):.6g}, closer than rtol={tol.rtol:g} "
-            "can resolve (a smaller rtol resolves it further)"
-        )
-    elif not field_finite:
-        cause = (
-            "func returned a non-finite value (NaN or inf) there, so no step's error can be "
-            "measured; check func at that time and state"
-        )
-    elif not bool(torch.isfinite(carry.hmag)):
-        cause = (
-            f"the controller {type(tol.controller).__name__} proposed a step size that is not "
-            "finite and positive (NaN, infinite, zero or negative)"
-        )
-    elif bool(carry.interval < m) and not bool(carry.stats.failed):
-        cause = f"max_steps={tol.max_steps} trial steps were not enough"
-    else:
-        cause = "the step size underflowed (the problem may be stiff or singular there)"
-    if isinstance(scheme, ALF) and not bool(carry.blew_up) and field_finite:
-        cause += f"; {ALF_HINT}"
-    raise RuntimeError(
-        f"adaptive solve failed at t = {float(reached):.6g} of "
-        f"[{float(t[0]):.6g}, {float(t[-1]):.6g}]: {cause}"
-    )
