@@ -17,6 +17,7 @@ from torch import Tensor
 from .backends._mode import is_concrete, tracing
 from .schemes import ADAPTIVE_METHODS, ReversibleScheme, RungeKutta
 from .stepping._controllers import Controller, IntegralController, Tolerances
+from .stepping._steps import check_count, check_size
 
 UNCAPPED = 2**31 - 1
 """``max_steps`` of :func:`mali_func.odeint_adjoint`'s eager adaptive solves: no cap in practice,
@@ -131,13 +132,12 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
                     f"n_steps as a sequence needs one count per interval of t ({intervals}), "
                     f"got {len(n_steps)}"
                 )
-            return tuple(_count(n, f"n_steps[{i}]") for i, n in enumerate(n_steps))
-        return (_count(n_steps, "n_steps"),) * intervals
+            return tuple(check_count(n, f"n_steps[{i}]") for i, n in enumerate(n_steps))
+        return (check_count(n_steps, "n_steps"),) * intervals
     step_size = number_of("step_size", step_size)
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
         raise TypeError(f"step_size must be a real number, got {type(step_size).__name__}")
-    if not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be positive and finite, got {step_size}")
+    check_size(step_size)
     if not is_concrete(t):
         raise ValueError(
             "step_size needs the values of t, which are not available under torch.compile, "
@@ -147,14 +147,6 @@ def check_steps(n_steps: Any, step_size: Any, t: Tensor) -> tuple[int, ...] | No
         )
     eps = torch.finfo(t.dtype).eps
     return steps_for((t[1:] - t[:-1]).abs().tolist(), step_size, slack=max(1e-12, 8 * eps))
-
-
-def _count(n: Any, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be at least 1, got {n}")
-    return n
 
 
 def steps_for(spans: Sequence[float], step_size: float, slack: float = 1e-12) -> tuple[int, ...]:

@@ -165,16 +165,19 @@ def _bracket(
     steps than its outputs resolve is solved again with more: interpolated outputs leave the
     steps as they were)."""
     start, length, y = float(t0.detach()), span, _detached(y0)
+
+    def window(outputs: int) -> tuple[Tensor, Any, int]:
+        """The window's output times, the states there and the solve's accepted steps."""
+        times = start + torch.linspace(0.0, length, outputs + 1, dtype=torch.float64)
+        times_t = times.to(dtype=t0.dtype, device=t0.device)
+        ys, stats = solve(func, y, times_t, **kwargs, stats=True)
+        return times_t, ys, int(stats.n_accepted)
+
     for _ in range(MAX_WINDOWS):
-        outputs, ys, times_t = WINDOW_OUTPUTS, None, t0
-        while ys is None:
-            times = start + torch.linspace(0.0, length, outputs + 1, dtype=torch.float64)
-            times_t = times.to(dtype=t0.dtype, device=t0.device)
-            ys, stats = solve(func, y, times_t, **kwargs, stats=True)
-            steps = int(stats.n_accepted)
-            if adaptive and steps * SAMPLES_PER_STEP > outputs == WINDOW_OUTPUTS:
-                outputs, ys = steps * SAMPLES_PER_STEP, None
-        for i in range(1, outputs + 1):
+        times_t, ys, steps = window(WINDOW_OUTPUTS)
+        if adaptive and steps * SAMPLES_PER_STEP > WINDOW_OUTPUTS:
+            times_t, ys, _ = window(steps * SAMPLES_PER_STEP)
+        for i in range(1, times_t.shape[0]):
             y = tuple(c[i] for c in ys) if tuple_state else ys[i]
             if sign0 * _finite_value(event_fn, times_t[i], y) <= 0:
                 return float(times_t[i - 1]), float(times_t[i])

@@ -71,43 +71,30 @@ def integrate(
     state, tuple_state = check_y0(y0)
     t = check_t(t, state[0])
     event_fn = torchdiffeq.pop("event_fn", None)
+    scheme_keys = dict(scheme=scheme, eta=eta, coupling=coupling)
     if event_fn is not None:  # torchdiffeq's terminal event: (event_t, solution)
         if stats:
             raise ValueError("stats=True with event_fn is not supported; the result is (t, y)")
         rest = None if options is None else {k: v for k, v in options.items() if k != "interp"}
         kwargs = dict(rtol=rtol, atol=atol, method=method, options=rest, steps=steps,
-                      gradient=gradient, scheme=scheme, eta=eta, coupling=coupling, args=args,
-                      **torchdiffeq)  # fmt: skip
-        steps_of = translate(method, rest, steps, **torchdiffeq)
-        adaptive = not isinstance(steps_of, Fixed) and method not in FIXED_GRID_METHODS
+                      gradient=gradient, args=args, **scheme_keys, **torchdiffeq)  # fmt: skip
+        fixed = isinstance(_steps_of(method, rest, steps, rtol, atol, torchdiffeq), Fixed)
         return solve_until_event(
-            integrate, func, y0, t, event_fn, kwargs, tuple(args), adaptive=adaptive
+            integrate, func, y0, t, event_fn, kwargs, tuple(args), adaptive=not fixed
         )
     wide = widened(func, y0, t, options) if t.shape[0] > 1 else None
     if wide is not None:  # torchdiffeq's jump_t, step_t, grid_constructor: a wider solve
         times, rows, rest = wide
         on_grid = isinstance(options, Mapping) and "grid_constructor" in options
         landing = on_grid_steps(steps, on_grid, method in FIXED_GRID_METHODS)
-        out = integrate(
-            func, y0, times, rtol, atol, method, rest, steps=landing,
-            gradient=gradient, scheme=scheme, eta=eta, coupling=coupling, args=args,
-            stats=stats, **torchdiffeq,
-        )  # fmt: skip
+        out = integrate(func, y0, times, rtol, atol, method, rest, steps=landing,
+                        gradient=gradient, args=args, stats=stats, **scheme_keys,
+                        **torchdiffeq)  # fmt: skip
         return rows_of(out, rows, tuple_state, stats)
-    steps = translate(method, options, steps, **torchdiffeq)
+    steps = _steps_of(method, options, steps, rtol, atol, torchdiffeq)
     scheme = scheme_for(method, scheme, eta=eta, coupling=coupling)
     if isinstance(options, Mapping) and options.get("perturb"):
         scheme = perturbed(scheme)
-    if steps is None and method in FIXED_GRID_METHODS:
-        given = [name for name, v in (("rtol", rtol), ("atol", atol)) if v is not None]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)} apply to adaptive solves, and method {method!r} has no "
-                "error estimate: it steps on a fixed grid (one step from each time of t to the "
-                "next, torchdiffeq's convention, or n_steps=/step_size=); drop them, or use an "
-                "adaptive method (tsit5, dopri5, bosh3)"
-            )
-        steps = Fixed(n=1)  # torchdiffeq's convention: one step from each time of t to the next
     fixed = steps if isinstance(steps, Fixed) else None
     counts = None if fixed is None else check_steps(fixed.n, fixed.size, t)
     tol = check_adaptive(counts is None, rtol, atol, steps, tuple_state=tuple_state)
@@ -120,15 +107,7 @@ def integrate(
         return _at_start(state, tuple_state, stats, flag)
 
     check_per_sample(func)
-    if isinstance(args, Tensor) or not isinstance(args, (tuple, list)):
-        raise TypeError(
-            f"args must be a tuple or list of tensors, got {type(args).__name__} (one tensor: "
-            "args=(tensor,))"
-        )
-    bound = bind_field(
-        func, tuple_state=tuple_state, n_state=len(state), args=tuple(args),
-        declared=_declared(func, torchdiffeq.get("adjoint_params"), args),
-    )  # fmt: skip
+    bound = _bound_field(func, state, tuple_state, args, torchdiffeq.get("adjoint_params"))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (t, *state, *bound.params)):
         # Only when a gradient is asked for: the scheme's inverse, a replayable field.
         check_scheme(scheme, adaptive=counts is None, gradient=gradient)
@@ -145,6 +124,42 @@ def integrate(
     solve_stats = solve_stats._replace(fallback=flag)
     out = trajectories if tuple_state else trajectories[0]
     return (out, solve_stats) if stats else out
+
+
+def _steps_of(
+    method: Any, options: Mapping[str, Any] | None, steps: Steps | None, rtol: Any, atol: Any,
+    torchdiffeq: dict[str, Any],
+) -> Steps | None:  # fmt: skip
+    """The solve's steps: ``steps`` with torchdiffeq's options folded in; a fixed-grid method
+    given no grid takes one step from each time of ``t`` to the next (torchdiffeq's convention)
+    and refuses tolerances, naming itself."""
+    steps = translate(method, options, steps, **torchdiffeq)
+    if steps is not None or method not in FIXED_GRID_METHODS:
+        return steps
+    given = [name for name, v in (("rtol", rtol), ("atol", atol)) if v is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply to adaptive solves, and method {method!r} has no "
+            "error estimate: it steps on a fixed grid (one step from each time of t to the "
+            "next, torchdiffeq's convention, or n_steps=/step_size=); drop them, or use an "
+            "adaptive method (tsit5, dopri5, bosh3)"
+        )
+    return Fixed(n=1)
+
+
+def _bound_field(
+    func: Any, state: State, tuple_state: bool, args: Any, adjoint_params: Any
+) -> BoundField:
+    """The pure field of ``func`` with its inputs (``args`` checked to be a tuple or list)."""
+    if isinstance(args, Tensor) or not isinstance(args, (tuple, list)):
+        raise TypeError(
+            f"args must be a tuple or list of tensors, got {type(args).__name__} (one tensor: "
+            "args=(tensor,))"
+        )
+    return bind_field(
+        func, tuple_state=tuple_state, n_state=len(state), args=tuple(args),
+        declared=_declared(func, adjoint_params, args),
+    )  # fmt: skip
 
 
 def _stats(

@@ -101,11 +101,11 @@ class ALF(ReversibleScheme):
             t = t.detach()
             # The parameters as they are (no_grad): a module holding them is called directly.
             f = tuple(x.detach() for x in field(t, z, params))
-            gap = torch.stack([_largest(a - b) for a, b in zip(v, f)]).amax()
+            mode = tuple(a - b for a, b in zip(v, f))
+            gap = torch.stack([_largest(d) for d in mode]).amax()
             size = torch.stack([_largest(a) for a in z]).amax() + floor
             tiny = torch.finfo(size.dtype).tiny
             share = (h.detach().abs() / 2) * gap / size.clamp_min(tiny)
-            mode = tuple(a - b for a, b in zip(v, f))
             length = torch.sqrt(dot(mode, mode)).clamp_min(tiny)
             eps = (torch.finfo(size.dtype).eps ** 0.5) * (1 + size) / length
             moved = field(t, tuple(a + eps * d for a, d in zip(z, mode)), params)

@@ -33,7 +33,7 @@ from ..schemes import Field, Params, ReversibleScheme, State
 from ._blowup import Growth, blow_up, log_norm
 from ._controllers import Tolerances, checked_proposal, error_norm, initial_step
 from ._dense import DenseRows, capture, dense, empty_rows, finished
-from ._failure import raise_failure
+from ._failure import raise_failure, stop_time
 from ._grid import Records, buffers, span, write_row
 from ._stats import SolveStats
 
@@ -251,8 +251,7 @@ class _Solve:
 
     def _field_finite(self, carry: Carry) -> bool:
         """Whether the field is finite where the solve stopped (eager: for the error message)."""
-        ti, dt = span(self.t, carry.interval.clamp(max=self.m - 1))
-        value = self.field(ti + carry.c * dt, carry.state[: self.n_out], self.params)
+        value = self.field(stop_time(self.t, carry), carry.state[: self.n_out], self.params)
         return all(bool(torch.isfinite(v).all()) for v in value)
 
     def finish(

@@ -19,13 +19,19 @@ ALF_HINT = (
 )
 
 
+def stop_time(t: Tensor, carry: Any) -> Tensor:
+    """Where a solve stopped: its position in the interval it was in, or ``t[-1]``."""
+    m = t.shape[0] - 1
+    ti, dt = span(t, carry.interval.clamp(max=m - 1))
+    return t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
+
+
 def raise_failure(
     carry: Any, t: Tensor, tol: Tolerances, scheme: ReversibleScheme, field_finite: bool
 ) -> None:
     """The :class:`RuntimeError` of a failed eager solve, naming where and why it stopped."""
     m = t.shape[0] - 1
-    ti, dt = span(t, carry.interval.clamp(max=m - 1))
-    reached = t[-1] if bool(carry.interval >= m) else ti + carry.c * dt
+    reached = stop_time(t, carry)
     if bool(carry.blew_up):
         pole = t[0] + torch.sign(t[-1] - t[0]) * carry.growth.pole
         cause = (

@@ -11,6 +11,7 @@ error estimate.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,22 @@ from typing import Any
 from torch import Tensor
 
 from ._controllers import Controller
+
+
+def check_count(n: Any, name: str, where: str = "") -> int:
+    """A step count: an int of at least 1 (``where`` ends the message)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}{where}")
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}{where}")
+    return n
+
+
+def check_size(size: float, where: str = "") -> float:
+    """A largest step size: positive and finite (``where`` ends the message)."""
+    if not (math.isfinite(size) and size > 0):
+        raise ValueError(f"step_size must be positive and finite, got {size}{where}")
+    return size
 
 
 @dataclass(frozen=True, repr=False)
@@ -42,14 +59,11 @@ class Fixed:
             )
         many = isinstance(self.n, (tuple, list))
         for i, c in enumerate(self.n if many else (self.n,)):  # type: ignore[arg-type]
-            if isinstance(c, int) and not isinstance(c, bool) and c < 1:  # traced: the solve's
+            if isinstance(c, int) and not isinstance(c, bool):  # traced: the solve's check
                 name = f"n_steps[{i}]" if many else "n_steps"
-                raise ValueError(
-                    f"{name} must be at least 1, got {c} (Fixed(n=...): steps per interval)"
-                )
-        size = self.size
-        if isinstance(size, float) and not (0 < size < float("inf")):
-            raise ValueError(f"step_size must be positive and finite, got {size} (Fixed(size=...))")
+                check_count(c, name, " (Fixed(n=...): steps per interval)")
+        if isinstance(self.size, float):
+            check_size(self.size, " (Fixed(size=...))")
         u = self.unroll
         if isinstance(u, bool) or not isinstance(u, int) or u < 1:
             raise ValueError(
